@@ -1,0 +1,76 @@
+"""Command line: ``python -m engine <command>`` runs the experiments headless.
+
+    python -m engine classify IMAGE [--model NAME] [--top K] [--json]
+    python -m engine models
+
+IMAGE is a file path or the name of a bundled sample (chelsea, coffee, ...). Later demo issues add
+their own subcommands through :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from . import classify, images, models
+from .errors import GlassboxError, ImageError
+
+
+def read_image(source: str):
+    """A decoded image from a path, or from a sample name when no such file exists."""
+    path = Path(source)
+    if path.is_file():
+        return images.decode_image(path.read_bytes())
+    if source in images.list_samples():
+        return images.load_sample(source)
+    raise ImageError(f"'{source}' is neither a file nor a sample ({', '.join(images.list_samples())}).")
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    handle = models.load_model(args.model)
+    prediction = classify.classify_image(handle, read_image(args.image), top_k=args.top)
+    if args.json:
+        print(json.dumps({"image": args.image, **asdict(prediction)}, indent=2))
+        return 0
+    print(f"{args.image} · {handle.spec.label} · {models.describe_device(handle.device)}")
+    for rank, (index, label, prob) in enumerate(zip(prediction.indices, prediction.labels, prediction.probs), 1):
+        print(f"{rank:>3}. {label:<32} {100 * prob:6.2f} %   (class {index})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    for spec in models.list_models(include_test=True):
+        print(f"{spec.name:<22} {spec.label}  — {spec.note}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Glassbox experiments without the web page.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("classify", help="top-k ImageNet classes of an image")
+    p.add_argument("image", help="image file, or a sample name such as chelsea")
+    p.add_argument("--model", default=models.DEFAULT_MODEL, help=f"model name (default {models.DEFAULT_MODEL})")
+    p.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=cmd_classify)
+    p = commands.add_parser("models", help="list the models this machine can use")
+    p.set_defaults(run=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except GlassboxError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

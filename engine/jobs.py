@@ -1,0 +1,385 @@
+"""Long work as jobs: progress with ETA, cancel, and survival across widget clicks and reloads.
+
+A Streamlit script is rerun from the top on every widget click, and a reload starts a new session,
+so work done inline dies with the run that started it. Instead, a page submits the work to the
+process-wide :func:`registry`, keeps the job id in ``st.query_params`` and polls :meth:`status`
+from an ``st.fragment(run_every=...)``. The work itself only sees the engine's usual
+``progress(fraction, message) -> bool`` callback (see :mod:`engine.progress`).
+
+Jobs run one at a time by default: on a 2-core machine a second busy torch process slows a
+2-thread forward ~10x, so a FIFO queue with a visible position is both faster and more honest.
+Thread jobs share the cached models; process jobs (``kind="process"``, e.g. GAN training) get a
+fresh spawned interpreter that can be terminated when it stops listening.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import multiprocessing
+import multiprocessing.spawn
+import os
+import pickle
+import queue as queue_module
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
+
+from .errors import Cancelled, GlassboxError, JobError
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_JOB = "This job is no longer known; it may have finished long ago or the server restarted."
+
+
+class JobState(str, enum.Enum):
+    """Lifecycle of a job; a ``str`` so pages can compare with plain strings."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A snapshot of one job, safe to hand to a page (nothing in it changes afterwards)."""
+
+    id: str
+    title: str
+    state: JobState
+    fraction: float
+    message: str
+    eta_s: float | None
+    elapsed_s: float
+    queue_position: int | None
+    error: str | None = None
+    result: Any = None
+    detail: str | None = None  # traceback text for logs; never shown to a student
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+def error_sentence(exc: BaseException) -> str:
+    """Our own errors already speak to people; anything else is named, without a traceback."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, GlassboxError) and text:
+        return text
+    name = type(exc).__name__
+    if not text:
+        return f"The job failed unexpectedly: {name}."
+    return f"The job failed unexpectedly: {name}: {text}" + ("" if text[-1] in ".!?" else ".")
+
+
+@dataclass(eq=False)
+class _Job:
+    id: str
+    title: str
+    key: str | None
+    kind: str
+    call: tuple  # (fn, args, kwargs)
+    state: JobState = JobState.QUEUED
+    fraction: float = 0.0
+    message: str = "Waiting for a free worker."
+    started: float | None = None
+    ended: float | None = None
+    cancel_requested: bool = False
+    error: str | None = None
+    detail: str | None = None
+    result: Any = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+class JobRegistry:
+    """Runs submitted work at most ``max_running`` at a time and remembers how it went."""
+
+    def __init__(self, max_running: int = 1, max_queued: int = 16, keep_finished: int = 64,
+                 cancel_grace_s: float = 3.0) -> None:
+        self.max_running = max(1, int(max_running))
+        self.max_queued = max(0, int(max_queued))
+        self.keep_finished = max(0, int(keep_finished))
+        self.cancel_grace_s = cancel_grace_s
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified whenever a job's state changes
+        self._jobs: dict[str, _Job] = {}  # insertion order = submission order
+        self._queue: deque[_Job] = deque()
+        self._by_key: dict[str, str] = {}
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], *args: Any, title: str, key: str | None = None,
+               kind: Literal["thread", "process"] = "thread", **kwargs: Any) -> str:
+        """Queue ``fn(*args, progress=..., **kwargs)``; return its id.
+
+        With ``key``, a job with that key that is queued, running or done is reused, so a rerun
+        of the page that submitted it does not start the work twice.
+        """
+        if kind not in ("thread", "process"):
+            raise JobError(f"A job runs as a 'thread' or a 'process', not as {kind!r}.")
+        if kind == "process":  # fail here, in the page, rather than later in a worker nobody watches
+            try:
+                if getattr(fn, "__module__", None) in ("__main__", "__mp_main__"):
+                    raise pickle.PicklingError("defined in the page script")
+                pickle.dumps((fn, args, kwargs))
+            except Exception as exc:
+                raise JobError("This work cannot run in a separate process: it must be a top-level "
+                               f"function of an importable module, with picklable inputs ({exc}).") from exc
+        with self._lock:
+            if key is not None and key in self._by_key:
+                old = self._jobs.get(self._by_key[key])
+                if old is not None and old.state in (JobState.QUEUED, JobState.RUNNING, JobState.DONE):
+                    return old.id
+            if len(self._queue) >= self.max_queued:
+                raise JobError(f"The job queue is full ({len(self._queue)} jobs waiting); "
+                               "wait for one to finish or cancel one, then try again.")
+            job = _Job(uuid.uuid4().hex[:12], title, key, kind, (fn, args, kwargs))
+            self._jobs[job.id] = job
+            if key is not None:
+                self._by_key[key] = job.id
+            self._queue.append(job)
+            self._start_waiting()
+            return job.id
+
+    def status(self, job_id: str) -> JobStatus:
+        with self._lock:
+            return self._snapshot(self._get(job_id))
+
+    def list(self) -> list[JobStatus]:
+        with self._lock:
+            return [self._snapshot(job) for job in self._jobs.values()]
+
+    def cancel(self, job_id: str) -> None:
+        """Stop a job: a queued one at once, a running one at its next progress call.
+
+        A process job that keeps ignoring the request is terminated after ``cancel_grace_s``.
+        """
+        with self._lock:
+            job = self._get(job_id)
+            if job.finished:
+                return
+            job.cancel_requested = True
+            if job.state is JobState.QUEUED:
+                self._queue.remove(job)
+                self._finish(job, JobState.CANCELLED, message="Cancelled before it started.")
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Block until the job finished or ``timeout`` seconds passed; return its status then."""
+        with self._lock:
+            job = self._get(job_id)
+            self._changed.wait_for(lambda: job.finished, timeout)
+            return self._snapshot(job)
+
+    # -- internals (all called with the lock held unless noted) -------------------------------
+
+    def _get(self, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobError(UNKNOWN_JOB)
+        return job
+
+    def _snapshot(self, job: _Job) -> JobStatus:
+        now = time.monotonic()
+        elapsed = 0.0 if job.started is None else (job.ended or now) - job.started
+        eta = None
+        if job.state is JobState.RUNNING and job.fraction > 0:
+            eta = elapsed * (1.0 - job.fraction) / job.fraction
+        elif job.state is JobState.DONE:
+            eta = 0.0
+        position = self._queue.index(job) + 1 if job.state is JobState.QUEUED else None
+        return JobStatus(job.id, job.title, job.state, job.fraction, job.message, eta, elapsed,
+                         position, job.error, job.result if job.state is JobState.DONE else None,
+                         job.detail)
+
+    def _start_waiting(self) -> None:
+        running = sum(job.state is JobState.RUNNING for job in self._jobs.values())
+        while self._queue and running < self.max_running:
+            job = self._queue.popleft()
+            job.state, job.started, job.message = JobState.RUNNING, time.monotonic(), "Starting."
+            target = self._run_thread if job.kind == "thread" else self._run_process
+            threading.Thread(target=target, args=(job,), name=f"glassbox-job-{job.id}", daemon=True).start()
+            running += 1
+        self._changed.notify_all()
+
+    def _finish(self, job: _Job, state: JobState, *, result: Any = None, error: str | None = None,
+                detail: str | None = None, message: str | None = None) -> None:
+        job.state, job.ended, job.result, job.error, job.detail = state, time.monotonic(), result, error, detail
+        job.message = message or {JobState.DONE: "Done.", JobState.FAILED: "Failed.",
+                                  JobState.CANCELLED: "Cancelled."}[state]
+        if state is JobState.DONE:
+            job.fraction = 1.0
+        if detail:
+            log.warning("Job %s (%s) failed: %s\n%s", job.id, job.title, error, detail)
+        job.call = ()  # drop references to inputs (images, models) once they are not needed
+        self._forget_old()
+        self._start_waiting()
+
+    def _forget_old(self) -> None:
+        finished = sorted((j for j in self._jobs.values() if j.finished), key=lambda j: j.ended)
+        for job in finished[: max(0, len(finished) - self.keep_finished)]:
+            del self._jobs[job.id]
+            if job.key is not None and self._by_key.get(job.key) == job.id:
+                del self._by_key[job.key]
+
+    def _record(self, job: _Job, fraction: float, message: str) -> bool:
+        """The progress callback's body: remember how far the job got; False once cancelled."""
+        with self._lock:
+            if not job.finished:
+                job.fraction = min(max(float(fraction), 0.0), 1.0)
+                job.message = str(message)
+            return not job.cancel_requested
+
+    def _run_thread(self, job: _Job) -> None:  # runs in the job's own thread, lock not held
+        fn, args, kwargs = job.call
+        try:
+            result = fn(*args, progress=lambda f, m="": self._record(job, f, m), **kwargs)
+        except Cancelled:
+            outcome = dict(state=JobState.CANCELLED)
+        except BaseException as exc:  # a job must never stay 'running' and block the queue
+            outcome = dict(state=JobState.FAILED, error=error_sentence(exc), detail=traceback.format_exc())
+        else:
+            outcome = dict(state=JobState.DONE, result=result)
+        with self._lock:
+            self._finish(job, **outcome)
+
+    def _run_process(self, job: _Job) -> None:  # runs in a watcher thread, lock not held
+        """Start the spawned child, relay its messages, and make sure it is gone afterwards."""
+        ctx = multiprocessing.get_context("spawn")
+        messages, cancel_event = ctx.Queue(), ctx.Event()
+        proc = ctx.Process(target=_child_main, args=(job.call, messages, cancel_event),
+                           name=_CHILD_PREFIX + job.id, daemon=True)
+        outcome: dict = {}
+        try:
+            proc.start()
+            outcome = self._relay(job, proc, messages, cancel_event)
+        except Exception as exc:  # could not start it, or could not read what it sent back
+            outcome = dict(state=JobState.FAILED, error="The job's worker process failed to start or to "
+                           f"send back its result ({type(exc).__name__}).", detail=traceback.format_exc())
+        finally:
+            if proc.pid is not None:  # started: let it exit by itself, unless it is being cancelled
+                proc.join(0.0 if outcome.get("state") is JobState.CANCELLED else 2.0)
+                for end in (proc.terminate, proc.kill):
+                    if proc.is_alive():
+                        end()
+                        proc.join(1.0)
+            messages.close()
+        with self._lock:
+            self._finish(job, **outcome)
+
+    def _relay(self, job: _Job, proc: Any, messages: Any, cancel_event: Any) -> dict:
+        """Pass progress on until the child sends an outcome, dies, or outlives a cancel's grace."""
+        deadline = None
+        while True:
+            with self._lock:
+                if job.cancel_requested and deadline is None:
+                    cancel_event.set()
+                    deadline = time.monotonic() + self.cancel_grace_s
+            if deadline is not None and time.monotonic() > deadline:
+                return dict(state=JobState.CANCELLED, message="Cancelled; the worker was stopped.")
+            alive = proc.is_alive()  # checked first: if it was already dead, the pipe holds all it said
+            try:
+                kind, *payload = messages.get(timeout=0.1)
+            except queue_module.Empty:
+                if alive:
+                    continue
+                if deadline is not None:
+                    return dict(state=JobState.CANCELLED)
+                return dict(state=JobState.FAILED, error="The job's worker process stopped unexpectedly "
+                            f"(exit code {proc.exitcode}) before it reported a result.")
+            if kind == "progress":
+                self._record(job, *payload)
+            elif kind == "done":
+                return dict(state=JobState.DONE, result=pickle.loads(payload[0]))
+            else:
+                return dict(state=JobState(kind), error=payload[0], detail=payload[1])
+
+
+_CHILD_PREFIX = "glassbox-job-"
+_spawn_preparation = multiprocessing.spawn.get_preparation_data
+
+
+def _preparation_without_main(name: str) -> dict:
+    """Spawn's start-up data, minus "re-run the parent's __main__" for our job processes.
+
+    Under ``streamlit run``, ``__main__`` is the page script itself: the child would execute the
+    whole page (load models, submit jobs) before starting the work. Job functions live in
+    importable modules, so the child never needs the parent's ``__main__``.
+    """
+    data = _spawn_preparation(name)
+    if name.startswith(_CHILD_PREFIX):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+multiprocessing.spawn.get_preparation_data = _preparation_without_main
+
+
+def _child_main(call: tuple, messages: Any, cancel_event: Any) -> None:
+    """Entry point of a spawned job process: run the work, send back one outcome message."""
+    fn, args, kwargs = call
+
+    def progress(fraction: float, message: str = "") -> bool:
+        messages.put(("progress", float(fraction), str(message)))
+        return not cancel_event.is_set()
+
+    try:
+        # pickle here: a result the queue cannot send would otherwise vanish in its feeder thread
+        outcome = ("done", pickle.dumps(fn(*args, progress=progress, **kwargs)))
+    except Cancelled:
+        outcome = ("cancelled", None, None)
+    except BaseException as exc:
+        outcome = ("failed", error_sentence(exc), traceback.format_exc())
+    messages.put(outcome)
+    messages.close()
+    messages.join_thread()
+
+
+_registry: JobRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def registry() -> JobRegistry:
+    """The one registry of this server process, shared by every browser session."""
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            try:
+                max_running = int(os.environ.get("GLASSBOX_MAX_JOBS", "1"))
+            except ValueError:
+                max_running = 1
+            _registry = JobRegistry(max_running=max_running)
+        return _registry
+
+
+@contextlib.contextmanager
+def tqdm_progress(desc: str) -> Iterator[Progress]:
+    """A progress callback for the CLI that drives a tqdm bar (Ctrl-C is the CLI's cancel)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=1.0, desc=desc, unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+               "{elapsed}<{remaining} {postfix}")
+
+    def progress(fraction: float, message: str = "") -> bool:
+        bar.set_postfix_str(message, refresh=False)
+        bar.update(min(max(float(fraction), 0.0), 1.0) - bar.n)
+        return True
+
+    try:
+        yield progress
+    finally:
+        bar.close()

@@ -1,0 +1,311 @@
+"""Glassbox: the router and the shared frame (page config + sidebar) of every page.
+
+Run with ``streamlit run streamlit_app.py``. Pages live in ``pages/`` and stay thin: each calls
+:func:`ensure_frame` first, which returns the shared :class:`Selection` (model, image). When a page
+is run without this router (Streamlit can do that for the first deep link on a freshly started
+server, because the folder is called ``pages/``), ``ensure_frame`` draws the frame itself, so the
+page still gets its sidebar and page config.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from engine import cache, images, models
+from engine.errors import GlassboxError
+
+# The selection of the page run in progress, set by the router for the duration of one run.
+# A thread-local, not session_state: it must never outlive the run that set it.
+_current = threading.local()
+DEFAULT_SAMPLE = "chelsea"
+CHECKPOINT_TYPES = ["pt", "pth", "safetensors"]
+
+
+@dataclass(frozen=True)
+class PageEntry:
+    path: str
+    title: str
+    icon: str
+    url_path: str
+    blurb: str
+    default: bool = False
+
+
+# Only pages that exist are listed; each demo issue adds its line here and nothing else.
+PAGES: tuple[PageEntry, ...] = (
+    PageEntry("pages/home.py", "Home", ":material/home:", "home",
+              "What Glassbox is and what each demo shows.", default=True),
+    PageEntry("pages/classify.py", "Classify", ":material/bar_chart:", "classify",
+              "The chosen image as the model sees it, with its five most likely ImageNet classes."),
+)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the sidebar chose, shared by every page of one browser session."""
+
+    model_name: str
+    image_name: str
+    image_bytes: bytes
+    digest: str
+    handle: models.ModelHandle | None
+    model_error: str | None
+
+    def image(self) -> Image.Image:
+        return Image.fromarray(cache.decoded_image(self.digest, self.image_bytes))
+
+    def array(self) -> np.ndarray:
+        return cache.decoded_image(self.digest, self.image_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# URL binding: a teacher can share a link that opens the same model, image and class.
+
+
+def url_value(key: str, default: str | None = None) -> str | None:
+    return st.query_params.get(key, default)
+
+
+def set_url_value(key: str, value: str | None) -> None:
+    if value is None:
+        st.query_params.pop(key, None)
+    elif st.query_params.get(key) != value:
+        st.query_params[key] = value
+
+
+def class_picker(handle: models.ModelHandle, *, label: str = "Class", key: str = "class",
+                 default: int | None = None, help: str | None = None) -> int:
+    """A searchable class selectbox bound to the URL parameter ``key`` (class id)."""
+    names = handle.class_names
+    state_key = f"_class_{key}_{handle.name}"
+    if state_key not in st.session_state:
+        try:
+            st.session_state[state_key] = handle.class_index(url_value(key) or default or 0)
+        except GlassboxError as error:
+            st.warning(f"{error} Showing class 0 instead.")
+            st.session_state[state_key] = 0
+    chosen = st.selectbox(label, range(len(names)), key=state_key, help=help,
+                          format_func=lambda i: f"{names[i]}  ({i})")
+    set_url_value(key, str(chosen))
+    return int(chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# The frame
+
+
+def setup_page() -> None:
+    st.set_page_config(page_title="Glassbox", page_icon=":material/visibility:", layout="wide",
+                       initial_sidebar_state="expanded")
+
+
+def _model_options() -> list[str]:
+    mine = st.session_state.setdefault("my_checkpoints", [])
+    builtin = [spec.name for spec in models.list_models() if spec.source != "checkpoint"]
+    return builtin + [name for name in mine if name not in builtin]
+
+
+def _model_label(name: str) -> str:
+    try:
+        return models.model_spec(name).label
+    except GlassboxError:
+        return name
+
+
+def _notify(message: str) -> None:
+    """A one-time notice shown above the page (for links that name things that do not exist)."""
+    st.session_state.setdefault("_notices", []).append(message)
+
+
+def _sidebar_model() -> tuple[str, models.ModelHandle | None, str | None]:
+    options = _model_options()
+    if "_next_model" in st.session_state:
+        st.session_state["model"] = st.session_state.pop("_next_model")
+    if "model" not in st.session_state:
+        wanted = url_value("model", models.DEFAULT_MODEL)
+        st.session_state["model"] = wanted if wanted in options else models.DEFAULT_MODEL
+        if wanted not in options:
+            _notify(f"The link asked for a model called '{wanted}', which is not here; using the bundled model.")
+    elif st.session_state["model"] not in options:
+        st.session_state["model"] = models.DEFAULT_MODEL
+    name = st.selectbox("Model", options, key="model", format_func=_model_label)
+    set_url_value("model", name if not name.startswith("ckpt:") else None)
+    handle, error = None, None
+    try:
+        handle = cache.get_handle(name)
+    except GlassboxError as failure:
+        error = str(failure)
+    if handle is not None:
+        st.caption(f"Runs on **{models.describe_device(handle.device)}** · input {handle.input_size} px")
+    else:
+        st.error(error)
+        st.button("Use the bundled model", on_click=_use_default_model, type="primary")
+    _checkpoint_form()
+    return name, handle, error
+
+
+def _use_default_model() -> None:
+    st.session_state["model"] = models.DEFAULT_MODEL
+
+
+def _checkpoint_form() -> None:
+    with st.expander("Use your own model"):
+        st.caption("A state_dict saved with `torch.save(model.state_dict(), ...)` or a .safetensors "
+                   "file, for one of the architectures below. Pickles that need code and TorchScript are refused.")
+        with st.form("checkpoint_form", clear_on_submit=False, border=False):
+            weights = st.file_uploader("Weights", type=CHECKPOINT_TYPES, key="ckpt_file", max_upload_size=2048)
+            archs = list(models.LITE_SIZES) + [a for a in models.torchvision_architectures() if a not in models.LITE_SIZES]
+            arch = st.selectbox("Architecture", archs, index=archs.index("resnet50"), key="ckpt_arch")
+            names = st.file_uploader("Class names (optional, .txt or .json)", type=["txt", "json"], key="ckpt_names")
+            mean = st.text_input("Mean (optional)", placeholder="architecture default, e.g. 0.485, 0.456, 0.406")
+            std = st.text_input("Std (optional)", placeholder="architecture default, e.g. 0.229, 0.224, 0.225")
+            submitted = st.form_submit_button("Load checkpoint")
+        if submitted:
+            _load_checkpoint(weights, arch, names, mean, std)
+
+
+def _parse_triple(text: str, what: str) -> tuple[float, float, float] | None:
+    if not text.strip():
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(","))
+    except ValueError:
+        raise GlassboxError(f"The {what} must be three numbers separated by commas, like 0.5, 0.5, 0.5.") from None
+    if len(values) != 3:
+        raise GlassboxError(f"The {what} must have exactly three numbers (one per colour channel).")
+    return values
+
+
+def _load_checkpoint(weights, arch, names, mean, std) -> None:
+    if weights is None:
+        st.error("Choose a weights file first.")
+        return
+    try:
+        request = models.CheckpointRequest(filename=weights.name, arch=arch,
+                                           mean=_parse_triple(mean, "mean"), std=_parse_triple(std, "std"))
+        class_file = (names.getvalue(), names.name) if names is not None else None
+        with st.spinner("Loading your checkpoint…"):
+            handle = models.load_checkpoint(weights.getvalue(), request, class_file=class_file)
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    mine = st.session_state.setdefault("my_checkpoints", [])
+    if handle.name not in mine:
+        mine.append(handle.name)
+    st.session_state["_next_model"] = handle.name  # the picker is already drawn; switch on rerun
+    st.rerun()
+
+
+def _sidebar_image() -> tuple[str, bytes, str]:
+    samples = images.list_samples()
+    if "sample" not in st.session_state:
+        wanted = url_value("image", DEFAULT_SAMPLE)
+        st.session_state["sample"] = wanted if wanted in samples else DEFAULT_SAMPLE
+        if wanted not in samples and not str(wanted).startswith("upload"):
+            _notify(f"The link asked for a sample called '{wanted}', which does not exist; showing {DEFAULT_SAMPLE}.")
+        if str(wanted).startswith("upload") and "upload" not in st.session_state:
+            _notify("The link pointed at an uploaded image, which only lives in its own browser session; showing a sample instead.")
+        st.session_state.setdefault("image_source", "sample")
+    st.selectbox("Sample image", samples, key="sample", on_change=_use_sample,
+                 format_func=lambda s: s.replace("_", " "))
+    uploaded = st.file_uploader("…or upload your own", type=None, key="upload_widget", on_change=_use_upload,
+                                max_upload_size=images.MAX_BYTES // (1024 * 1024),
+                                help="PNG, JPEG, WEBP, GIF (first frame), BMP or TIFF, up to 40 megapixels.")
+    if uploaded is not None and st.session_state.get("_pending_upload"):
+        st.session_state["_pending_upload"] = False
+        data = uploaded.getvalue()
+        try:
+            images.decode_image(data)
+        except GlassboxError as error:
+            st.session_state["_upload_error"] = f"{uploaded.name}: {error}"
+        else:
+            st.session_state["upload"] = (uploaded.name, data, images.image_digest(data))
+            st.session_state.pop("_upload_error", None)
+    if st.session_state.get("_upload_error"):
+        st.error(st.session_state["_upload_error"] + " The previous image is kept.")
+    if st.session_state.get("image_source") == "upload" and "upload" in st.session_state:
+        name, data, digest = st.session_state["upload"]
+        set_url_value("image", f"upload-{digest[:8]}")
+        st.caption(f"Showing your upload **{name}**.")
+        st.button("Back to the sample", on_click=_use_sample, key="back_to_sample")
+    else:
+        name = st.session_state["sample"]
+        data = images.sample_bytes(name)
+        digest = images.image_digest(data)
+        set_url_value("image", name)
+    return name, data, digest
+
+
+def _use_sample() -> None:
+    st.session_state["image_source"] = "sample"
+    st.session_state.pop("_upload_error", None)
+
+
+def _use_upload() -> None:
+    st.session_state["_pending_upload"] = True
+    st.session_state["image_source"] = "upload"
+
+
+def render_sidebar() -> Selection:
+    with st.sidebar:
+        st.markdown("### :material/visibility: Glassbox")
+        model_name, handle, error = _sidebar_model()
+        st.divider()
+        image_name, data, digest = _sidebar_image()
+        try:
+            st.image(cache.decoded_image(digest, data), caption=image_name, width="stretch")
+        except GlassboxError as failure:  # a corrupt sample on disk should still not crash the page
+            st.error(str(failure))
+    for notice in st.session_state.pop("_notices", []):
+        st.info(notice)
+    return Selection(model_name, image_name, data, digest, handle, error)
+
+
+def ensure_frame() -> Selection:
+    """The shared selection. A page run without the router runs the router instead, then stops.
+
+    Streamlit can run a page file on its own (the first deep link on a freshly started server,
+    since the folder is called ``pages/``); running the router from there registers the real
+    navigation, draws the frame and runs this same page once, properly framed.
+    """
+    selection = getattr(_current, "selection", None)
+    if selection is not None:
+        return selection
+    main()
+    st.stop()
+
+
+def require_model(selection: Selection) -> models.ModelHandle:
+    """The handle, or a sentence plus a way back to the bundled model (and the page stops)."""
+    if selection.handle is None:
+        st.error(selection.model_error or "The model could not be loaded.")
+        st.button("Use the bundled model instead", on_click=_use_default_model, key="use_default_main")
+        st.stop()
+    return selection.handle
+
+
+def navigation_pages() -> list:
+    return [st.Page(p.path, title=p.title, icon=p.icon, url_path=p.url_path, default=p.default) for p in PAGES]
+
+
+def main() -> None:
+    setup_page()
+    page = st.navigation(navigation_pages())
+    _current.selection = render_sidebar()
+    try:
+        page.run()
+    finally:
+        _current.selection = None
+
+
+if __name__ == "__main__":
+    # Run as the importable module, so pages (which import streamlit_app) share its state.
+    import streamlit_app
+
+    streamlit_app.main()

@@ -1,0 +1,99 @@
+"""Helpers for real-browser tests: a fresh `streamlit run` on localhost and Debian's chromium.
+
+Screenshots go to ``artifacts/screenshots/`` (git ignores it) so a person can look at them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(timeout: float = 90.0):
+    """Start the app on a free localhost port; yield its base URL; stop it afterwards."""
+    port = free_port()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    log = open(SHOTS.parent / "streamlit-server.log", "w")
+    env = {**os.environ, "GLASSBOX_DEVICE": "cpu"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start (exit code {process.poll()})")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1400, height: int = 950):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("GLASSBOX_SKIP_BROWSER") == "1":
+            pytest.skip("GLASSBOX_SKIP_BROWSER=1 and no chromium")
+        raise RuntimeError("Browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium).")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(60_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_for_app(page, text: str | None = None) -> None:
+    """Wait until Streamlit has finished running the script (and ``text`` is visible)."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    if text:
+        page.get_by_text(text, exact=False).first.wait_for(state="visible")
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+    page.wait_for_timeout(500)
+
+
+def screenshot(page, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

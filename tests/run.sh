@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run all of it.
+#   Debian chromium (apt) for the real-browser tests, Python packages in .venv.
+# Extra arguments go to pytest (for example: bash tests/run.sh -m "not browser").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+exec .venv/bin/python -m pytest "$@"

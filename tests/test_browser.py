@@ -1,0 +1,67 @@
+"""Real browser: a fresh server, deep link first, upload, top-5 chart, bad input; screenshots saved."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import images
+from tests.browser import chromium_page, screenshot, streamlit_server, wait_for_app
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as url:
+        yield url
+
+
+def sidebar_nav_labels(page) -> list[str]:
+    # Each link reads "<material icon name>\n\n<title>"; keep the title.
+    return [t.strip().split("\n")[-1] for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+
+
+def image_uploader(page):
+    box = page.locator('[data-testid="stFileUploader"]').filter(has_text="upload your own")
+    return box.locator('input[type="file"]')
+
+
+def test_deep_link_first_then_upload_and_bad_file(server, tmp_path):
+    with chromium_page() as page:
+        # The very first request on a fresh server is a deep link to a page.
+        page.goto(f"{server}/classify?image=coffee")
+        wait_for_app(page, "Top-5 classes")
+        assert sidebar_nav_labels(page) == ["Home", "Classify"]  # the router's navigation, not the legacy one
+        page.locator(".js-plotly-plot").first.wait_for()
+        page.get_by_text("espresso").first.wait_for()
+        assert page.get_by_text("Runs on").first.is_visible()
+        screenshot(page, "classify-deep-link")
+
+        photo = tmp_path / "my chelsea.png"
+        photo.write_bytes(images.sample_bytes("chelsea"))
+        image_uploader(page).set_input_files(str(photo))
+        wait_for_app(page, "Egyptian cat")
+        chart = page.locator(".js-plotly-plot").first.inner_text()
+        assert "Egyptian cat" in chart and "espresso" not in chart
+        assert "upload-" in page.url
+        screenshot(page, "classify-upload")
+
+        bad = tmp_path / "notes.txt"
+        bad.write_text("this is not an image")
+        image_uploader(page).set_input_files(str(bad))
+        wait_for_app(page, "previous image is kept")
+        assert "Egyptian cat" in page.locator(".js-plotly-plot").first.inner_text()
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "classify-bad-upload")
+
+
+def test_home_page_and_navigation(server):
+    with chromium_page() as page:
+        page.goto(server)
+        wait_for_app(page, "See inside an image classifier")
+        assert sidebar_nav_labels(page) == ["Home", "Classify"]
+        screenshot(page, "home")
+        page.locator('[data-testid="stMain"]').get_by_text("Classify").first.click()
+        wait_for_app(page, "Top-5 classes")
+        assert page.url.split("?")[0].endswith("/classify")
+        assert "model=efficientnet_lite0" in page.url and "image=chelsea" in page.url

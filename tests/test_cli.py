@@ -1,0 +1,40 @@
+"""The CLI: `python -m engine classify` on real photos, JSON output, errors as sentences."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engine import images
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={"GLASSBOX_DEVICE": "cpu", "PATH": "/usr/bin:/bin"})
+
+
+def test_classify_sample_and_file_as_json(tmp_path):
+    photo = tmp_path / "coffee.png"
+    photo.write_bytes(images.sample_bytes("coffee"))
+    result = run_cli("classify", str(photo), "--top", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["labels"][0] in ("espresso", "cup") and len(payload["labels"]) == 3
+    assert payload["probs"] == sorted(payload["probs"], reverse=True) and 0 < payload["probs"][-1] < 1
+    table = run_cli("classify", "chelsea")
+    assert table.returncode == 0 and "Egyptian cat" in table.stdout and "CPU" in table.stdout
+
+
+def test_cli_errors_are_sentences(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    bad = run_cli("classify", str(text))
+    assert bad.returncode == 2 and "not an image" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run_cli("classify", "chelsea", "--model", "nope")
+    assert missing.returncode == 2 and "no model called 'nope'" in missing.stderr
+    nowhere = run_cli("classify", str(tmp_path / "absent.jpg"))
+    assert nowhere.returncode == 2 and "neither a file nor a sample" in nowhere.stderr

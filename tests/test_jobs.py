@@ -1,0 +1,216 @@
+"""Jobs: progress and ETA, cancel within a step, queueing, errors as sentences, processes, reruns."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine.errors import JobError  # noqa: E402
+from engine.jobs import JobRegistry, JobState, registry, tqdm_progress  # noqa: E402
+from tests.apps import job_funcs  # noqa: E402
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_thread_job_reports_progress_eta_and_result():
+    jobs = JobRegistry()
+    job_id = jobs.submit(job_funcs.slow_count, 20, 0.02, title="count")
+    wait_until(lambda: jobs.status(job_id).fraction > 0)
+    running = jobs.status(job_id)
+    assert running.state == JobState.RUNNING and not running.finished
+    assert running.eta_s is not None and running.eta_s > 0
+    assert running.message.startswith("Step ")
+    done = jobs.wait(job_id, timeout=5)
+    assert done.state == JobState.DONE and done.finished
+    assert done.result == 20 and done.fraction == 1.0 and done.error is None
+    assert done.elapsed_s >= 20 * 0.02 * 0.9
+
+
+def test_cancel_stops_a_running_job_within_one_step():
+    jobs = JobRegistry()
+    counter = [0]
+    job_id = jobs.submit(job_funcs.slow_count, 1000, 0.01, counter=counter, title="count")
+    wait_until(lambda: counter[0] >= 5)
+    steps_at_cancel = counter[0]
+    jobs.cancel(job_id)
+    status = jobs.wait(job_id, timeout=2)
+    assert status.state == JobState.CANCELLED and status.result is None and status.error is None
+    time.sleep(0.05)  # a job that ignored the cancel would keep counting here
+    assert counter[0] <= steps_at_cancel + 1
+
+
+def test_cancel_of_a_queued_job_means_it_never_runs():
+    jobs = JobRegistry(max_running=1)
+    first_counter, second_counter = [0], [0]
+    first = jobs.submit(job_funcs.slow_count, 15, 0.02, counter=first_counter, title="first")
+    second = jobs.submit(job_funcs.slow_count, 5, 0.01, counter=second_counter, title="second")
+    waiting = jobs.status(second)
+    assert waiting.state == JobState.QUEUED and waiting.queue_position == 1
+    assert waiting.eta_s is None and jobs.status(first).queue_position is None
+    jobs.cancel(second)
+    assert jobs.status(second).state == JobState.CANCELLED  # at once, not at the next step
+    assert jobs.wait(first, timeout=5).state == JobState.DONE
+    time.sleep(0.1)
+    assert second_counter == [0] and jobs.status(second).elapsed_s == 0.0
+
+
+def test_queued_job_starts_when_the_running_one_finishes():
+    jobs = JobRegistry(max_running=1, max_queued=1)
+    first = jobs.submit(job_funcs.slow_count, 5, 0.02, title="first")
+    second = jobs.submit(job_funcs.slow_count, 2, 0.01, title="second")
+    with pytest.raises(JobError, match="queue is full"):
+        jobs.submit(job_funcs.slow_count, 1, 0.01, title="third")
+    assert jobs.wait(second, timeout=5).result == 2
+    first_status = jobs.status(first)
+    assert first_status.state == JobState.DONE
+    assert [s.id for s in jobs.list()] == [first, second]
+
+
+def test_errors_are_sentences_and_our_messages_pass_through():
+    jobs = JobRegistry(max_running=2)
+    plain = jobs.wait(jobs.submit(job_funcs.fail_plainly, title="plain"), timeout=5)
+    assert plain.state == JobState.FAILED and plain.result is None
+    assert plain.error == "The job failed unexpectedly: ValueError: boom."
+    assert "Traceback" in plain.detail and "Traceback" not in plain.error
+    polite = jobs.wait(jobs.submit(job_funcs.fail_politely, title="polite"), timeout=5)
+    assert polite.state == JobState.FAILED
+    assert polite.error == "The layer 'fc9' does not exist in this model."
+
+
+def test_key_reuses_live_or_done_jobs_and_replaces_failed_ones():
+    jobs = JobRegistry()
+    first = jobs.submit(job_funcs.slow_count, 3, 0.01, title="count", key="k")
+    assert jobs.submit(job_funcs.slow_count, 3, 0.01, title="count", key="k") == first
+    jobs.wait(first, timeout=5)
+    assert jobs.submit(job_funcs.slow_count, 3, 0.01, title="count", key="k") == first
+    failed = jobs.submit(job_funcs.fail_plainly, title="fail", key="f")
+    assert jobs.wait(failed, timeout=5).state == JobState.FAILED
+    retried = jobs.submit(job_funcs.slow_count, 1, 0.01, title="retry", key="f")
+    assert retried != failed and jobs.wait(retried, timeout=5).state == JobState.DONE
+
+
+def test_unknown_and_forgotten_ids_raise_a_job_error():
+    jobs = JobRegistry(max_running=1, keep_finished=2)  # one at a time: they finish in order
+    with pytest.raises(JobError, match="no longer known"):
+        jobs.status("nosuchjob")
+    with pytest.raises(JobError):
+        jobs.cancel("nosuchjob")
+    ids = [jobs.submit(job_funcs.slow_count, 1, 0.0, title=str(i)) for i in range(3)]
+    for job_id in ids:
+        jobs.wait(job_id, timeout=5)
+    with pytest.raises(JobError, match="no longer known"):
+        jobs.status(ids[0])  # oldest finished one is forgotten
+    assert jobs.status(ids[2]).state == JobState.DONE
+
+
+def test_process_job_returns_its_result_and_can_be_cancelled():
+    jobs = JobRegistry(max_running=2)
+    done_id = jobs.submit(job_funcs.slow_count, 4, 0.01, title="count", kind="process")
+    cancel_id = jobs.submit(job_funcs.slow_count, 2000, 0.01, title="long", kind="process")
+    pid_id = jobs.submit(job_funcs.own_pid, title="pid", kind="process")
+    done = jobs.wait(done_id, timeout=20)
+    assert done.state == JobState.DONE and done.result == 4, done.error
+    assert jobs.wait(pid_id, timeout=20).result not in (None, os.getpid())
+    wait_until(lambda: jobs.status(cancel_id).fraction > 0, timeout=20)
+    asked = time.monotonic()
+    jobs.cancel(cancel_id)
+    cancelled = jobs.wait(cancel_id, timeout=10)
+    assert cancelled.state == JobState.CANCELLED
+    assert time.monotonic() - asked < 2.0  # it stopped at its next step, not after the grace period
+    assert cancelled.fraction < 0.5
+
+
+def test_process_job_that_ignores_cancel_is_terminated_and_one_that_dies_fails():
+    jobs = JobRegistry(max_running=2, cancel_grace_s=0.3)
+    stubborn = jobs.submit(job_funcs.ignore_cancel, 60.0, title="stubborn", kind="process")
+    dying = jobs.submit(job_funcs.die_abruptly, title="dying", kind="process")
+    wait_until(lambda: jobs.status(stubborn).fraction > 0, timeout=20)
+    child_pid = int(jobs.status(stubborn).message.split()[-1].rstrip("."))
+    jobs.cancel(stubborn)
+    assert jobs.wait(stubborn, timeout=5).state == JobState.CANCELLED
+    with pytest.raises(ProcessLookupError):  # the child is gone, not left sleeping
+        os.kill(child_pid, 0)
+    died = jobs.wait(dying, timeout=20)
+    assert died.state == JobState.FAILED
+    assert died.error == ("The job's worker process stopped unexpectedly (exit code 3) "
+                          "before it reported a result.")
+
+
+def test_process_job_refuses_work_it_cannot_send():
+    def page_function(progress=None):
+        return 1
+
+    page_function.__module__ = "__main__"  # as if defined in the Streamlit page script
+    for fn in (lambda progress=None: 1, page_function):
+        with pytest.raises(JobError, match="separate process"):
+            JobRegistry().submit(fn, title="unsendable", kind="process")
+
+
+def test_process_child_does_not_rerun_the_page_script(tmp_path, monkeypatch):
+    # Under `streamlit run`, __main__ is the page script; spawn would execute it in the child.
+    marker = tmp_path / "page-ran"
+    page = tmp_path / "page.py"
+    page.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__, fake_main.__spec__ = str(page), None
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    jobs = JobRegistry()
+    status = jobs.wait(jobs.submit(job_funcs.own_pid, title="pid", kind="process"), timeout=20)
+    assert status.state == JobState.DONE, status.error
+    assert not marker.exists()
+
+
+def test_job_survives_an_apptest_rerun_and_a_reload():
+    from streamlit.testing.v1 import AppTest
+
+    key = f"job-app-{uuid.uuid4().hex[:8]}"
+    app = AppTest.from_file(str(ROOT / "tests" / "apps" / "job_app.py"), default_timeout=10)
+    app.session_state["job_key"] = key
+    app.run()
+    assert not app.exception
+    job_id = app.query_params["job"]
+    first = registry().status(job_id)
+    assert first.state in (JobState.QUEUED, JobState.RUNNING)
+    assert app.text[0].value.startswith(f"{job_id} ")
+
+    time.sleep(0.3)
+    app.button[0].click().run()  # a widget click reruns the whole script
+    assert not app.exception and app.query_params["job"] == job_id
+    second = registry().status(job_id)
+    assert second.fraction > first.fraction
+    assert app.text[0].value.startswith(f"{job_id} ")
+
+    reloaded = AppTest.from_file(str(ROOT / "tests" / "apps" / "job_app.py"), default_timeout=10)
+    reloaded.session_state["job_key"] = f"{key}-new-session"  # would start new work if not found
+    reloaded.query_params["job"] = job_id
+    reloaded.run()
+    assert not reloaded.exception and reloaded.query_params["job"] == job_id
+
+    done = registry().wait(job_id, timeout=10)
+    assert done.state == JobState.DONE and done.result == 40
+    assert job_funcs.STARTS == {**job_funcs.STARTS, key: 1}  # started exactly once
+    assert f"{key}-new-session" not in job_funcs.STARTS
+    reloaded.run()
+    assert reloaded.success[0].value == "Result: 40"
+
+
+def test_tqdm_progress_drives_a_bar_and_never_cancels(capsys):
+    with tqdm_progress("Counting") as progress:
+        assert job_funcs.slow_count(4, 0.0, progress=progress) == 4
+    bar = capsys.readouterr().err
+    assert "Counting" in bar and "100%" in bar and "Counted." in bar
