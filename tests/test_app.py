@@ -55,7 +55,14 @@ def test_home_page_lists_only_existing_pages_and_the_model():
     links = [link.proto.label for link in at.get("page_link")]
     assert links == ["**Classify**"]  # only pages that exist, no placeholders
     assert any("five most likely ImageNet classes" in m.value for m in at.markdown)
-    assert at.query_params["model"] == [models.DEFAULT_MODEL] or at.query_params["model"] == models.DEFAULT_MODEL
+    sidebar_select(at, "Sample image").set_value("astronaut").run()
+    sidebar_select(at, "Model").set_value("efficientnet_lite1").run()
+    assert not at.exception
+    assert at.sidebar.image[0].proto.imgs[0].caption == "astronaut"
+    assert any("input 240 px" in c.value for c in at.sidebar.caption)
+    assert any("EfficientNet-Lite1" in c.value for c in at.caption)
+    assert at.query_params["model"] in ("efficientnet_lite1", ["efficientnet_lite1"])
+    assert at.query_params["image"] in ("astronaut", ["astronaut"])
 
 
 def test_classify_picks_a_sample_and_shows_its_top5():
