@@ -35,7 +35,7 @@ def streamlit_server(timeout: float = 90.0):
     port = free_port()
     SHOTS.mkdir(parents=True, exist_ok=True)
     log = open(SHOTS.parent / "streamlit-server.log", "w")
-    env = {**os.environ, "GLASSBOX_DEVICE": "cpu"}
+    env = {**os.environ, "GLASSBOX_DEVICE": "cpu", "MALLOC_ARENA_MAX": "1"}  # as the README starts it
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
