@@ -43,6 +43,10 @@ PAGES: tuple[PageEntry, ...] = (
               "What Glassbox is and what each demo shows.", default=True),
     PageEntry("pages/classify.py", "Classify", ":material/bar_chart:", "classify",
               "The chosen image as the model sees it, with its five most likely ImageNet classes."),
+    PageEntry("pages/saliency.py", "Saliency", ":material/blur_on:", "saliency",
+              "Which pixels made the model decide? Grad-CAM, Grad-CAM++, guided Grad-CAM, gradients, "
+              "integrated gradients, occlusion and RISE side by side, two classes compared, and each map "
+              "scored by deletion and insertion."),
 )
 
 
@@ -204,6 +208,9 @@ def _load_checkpoint(weights, arch, names, mean, std) -> None:
 
 def _sidebar_image() -> tuple[str, bytes, str]:
     samples = images.list_samples()
+    if "_next_sample" in st.session_state:  # set by a page preset after the picker was drawn
+        st.session_state["sample"] = st.session_state.pop("_next_sample")
+        st.session_state["image_source"] = "sample"
     if "sample" not in st.session_state:
         wanted = url_value("image", DEFAULT_SAMPLE)
         st.session_state["sample"] = wanted if wanted in samples else DEFAULT_SAMPLE

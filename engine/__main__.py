@@ -1,6 +1,8 @@
 """Command line: ``python -m engine <command>`` runs the experiments headless.
 
     python -m engine classify IMAGE [--model NAME] [--top K] [--json]
+    python -m engine saliency IMAGE --method gradcam|gradcampp|guided|gradient|ig|occlusion|rise
+                              [--class ID] [--layer NAME] [--model NAME] --out DIR
     python -m engine models
 
 IMAGE is a file path or the name of a bundled sample (chelsea, coffee, ...). Later demo issues add
@@ -42,6 +44,39 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_saliency(args: argparse.Namespace) -> int:
+    from . import plots, saliency
+    from .jobs import tqdm_progress
+
+    handle = models.load_model(args.model)
+    image = read_image(args.image)
+    view = classify.model_view(handle, image)
+    target = handle.class_index(args.class_) if args.class_ is not None else None
+    if args.layer and not saliency.METHODS[args.method].uses_layer:
+        raise GlassboxError(f"--layer only applies to the CAM methods, not to {args.method}.")
+    config = saliency.CAMConfig(layer=args.layer) if args.layer else None
+    with tqdm_progress(args.method) as progress:
+        result = saliency.explain(handle, images.to_tensor(view, device=handle.device), args.method, target,
+                                  config, progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = saliency.file_stem(result, Path(args.image).name)
+    drawn = plots.display_map(result.saliency, signed=result.signed)
+    (zmin, zmax), = plots.colour_range([drawn], signed=result.signed, shared=False)
+    scale = plots.SIGNED_SCALE if result.signed else plots.UNSIGNED_SCALE
+    overlay = plots.overlay_rgb(view, drawn, zmin=zmin, zmax=zmax, opacity=0.5, scale=scale)
+    digest = images.image_digest(Path(args.image).read_bytes() if Path(args.image).is_file() else images.sample_bytes(args.image))
+    files = {f"{stem}.png": images.to_png_bytes(overlay), f"{stem}.npy": saliency.npy_bytes(result.saliency),
+             f"{stem}.json": json.dumps(saliency.manifest(result, handle, image_sha256=digest, image_name=args.image),
+                                        indent=2).encode()}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    print(f"{result.label} for '{result.target_label}' (class {result.target}) in {result.seconds:.2f} s")
+    for name in files:
+        print(f"  wrote {out / name}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     for spec in models.list_models(include_test=True):
         print(f"{spec.name:<22} {spec.label}  — {spec.note}")
@@ -57,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_classify)
+    p = commands.add_parser("saliency", help="a saliency map of an image: overlay PNG, .npy and JSON manifest")
+    p.add_argument("image", help="image file, or a sample name such as chelsea")
+    p.add_argument("--method", required=True, choices=["gradcam", "gradcampp", "guided", "gradient", "ig", "occlusion", "rise"])
+    p.add_argument("--class", dest="class_", help="class id or name to explain (default: the top-1 class)")
+    p.add_argument("--layer", help="layer for the CAM methods (default: the model's last feature map)")
+    p.add_argument("--model", default=models.DEFAULT_MODEL, help=f"model name (default {models.DEFAULT_MODEL})")
+    p.add_argument("--out", required=True, help="folder to write the files into")
+    p.set_defaults(run=cmd_saliency)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     return parser

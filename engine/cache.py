@@ -30,3 +30,18 @@ def prediction(model_name: str, digest: str, _data: bytes, top_k: int = 5) -> mo
 
     image = Image.fromarray(decoded_image(digest, _data))
     return classify.classify_image(get_handle(model_name), image, top_k=top_k)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def explanation(model_name: str, digest: str, _data: bytes, method: str, target: int, config_key: str):
+    """A fast saliency method's map (the slow ones run as jobs). ``config_key`` is the config as JSON."""
+    import json
+
+    from PIL import Image
+
+    from . import saliency
+
+    handle = get_handle(model_name)
+    view = classify.model_view(handle, Image.fromarray(decoded_image(digest, _data)))
+    config = saliency.METHODS[method].Config(**json.loads(config_key))
+    return saliency.explain(handle, images.to_tensor(view, device=handle.device), method, target, config)

@@ -159,6 +159,12 @@ class JobRegistry:
         with self._lock:
             return self._snapshot(self._get(job_id))
 
+    def find(self, key: str) -> JobStatus | None:
+        """The latest job submitted with ``key``, if the registry still remembers it."""
+        with self._lock:
+            job_id = self._by_key.get(key)
+            return self._snapshot(self._jobs[job_id]) if job_id in self._jobs else None
+
     def list(self) -> list[JobStatus]:
         with self._lock:
             return [self._snapshot(job) for job in self._jobs.values()]

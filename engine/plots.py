@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 
 from .models import Prediction
 
@@ -30,4 +34,121 @@ def topk_bar(prediction: Prediction, *, highlight: int | None = None, height: in
         plot_bgcolor="white", font=dict(size=14),
     )
     figure.update_xaxes(showgrid=True, gridcolor="#eee")
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# Saliency maps over images
+
+
+UNSIGNED_SCALE = "Turbo"
+SIGNED_SCALE = "RdBu_r"
+
+
+def colour_range(maps: list[np.ndarray], *, signed: bool, shared: bool) -> list[tuple[float, float]]:
+    """(zmin, zmax) per map: one range for all (same units compare) or each map its own.
+
+    Signed maps get a range symmetric around 0, so white means "no effect" on the diverging scale.
+    """
+    def own(m: np.ndarray) -> tuple[float, float]:
+        if signed:
+            top = float(np.abs(m).max()) or 1.0
+            return -top, top
+        low, high = float(m.min()), float(m.max())
+        return low, high if high > low else low + 1.0
+
+    if not shared:
+        return [own(m) for m in maps]
+    ranges = [own(m) for m in maps]
+    joint = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+    return [joint] * len(maps)
+
+
+def display_map(saliency: np.ndarray, *, signed: bool) -> np.ndarray:
+    """What is drawn: the signed map, or its absolute value."""
+    return saliency if signed else np.abs(saliency)
+
+
+@lru_cache(maxsize=8)
+def colour_table(scale: str) -> np.ndarray:
+    """A 256-entry RGB lookup table sampled from a plotly colour scale."""
+    samples = sample_colorscale(scale, list(np.linspace(0, 1, 256)), colortype="tuple")  # floats in [0, 1]
+    return np.clip(np.round(np.array(samples) * 255), 0, 255).astype(np.uint8)
+
+
+def fade(level: np.ndarray, *, diverging: bool) -> np.ndarray:
+    """How much colour covers the photo at each level in [0, 1]: none where the map says nothing.
+
+    Unsigned maps fade in over the lower half of the range; diverging maps are clear at the
+    middle (zero) and opaque at both ends. Without it a sparse map (gradients) darkens the whole photo.
+    """
+    strength = np.abs(2 * level - 1) if diverging else level
+    return np.clip(2 * strength, 0, 1)
+
+
+def overlay_rgb(image: np.ndarray, saliency: np.ndarray, *, zmin: float, zmax: float, opacity: float = 0.5,
+                scale: str = UNSIGNED_SCALE) -> np.ndarray:
+    """The map coloured and blended over the image, as uint8 H x W x 3 (the downloadable overlay)."""
+    level = np.clip((saliency - zmin) / ((zmax - zmin) or 1.0), 0, 1)
+    colours = colour_table(scale)[np.round(level * 255).astype(np.int64)].astype(np.float32)
+    weight = (opacity * fade(level, diverging=scale == SIGNED_SCALE))[..., None]
+    blended = (1 - weight) * image.astype(np.float32) + weight * colours
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def fading_colourscale(scale: str, opacity: float, stops: int = 21) -> list:
+    """The plotly colour scale with the same fade as :func:`overlay_rgb`, as rgba stops."""
+    table = colour_table(scale)
+    levels = np.linspace(0, 1, stops)
+    alphas = opacity * fade(levels, diverging=scale == SIGNED_SCALE)
+    return [[float(v), f"rgba({r},{g},{b},{a:.3f})"]
+            for v, (r, g, b), a in zip(levels, table[np.round(levels * 255).astype(int)], alphas)]
+
+
+def saliency_figure(image: np.ndarray, saliency: np.ndarray, *, title: str, zmin: float, zmax: float,
+                    opacity: float = 0.5, scale: str = UNSIGNED_SCALE, height: int = 360) -> go.Figure:
+    """The photo with the map as a translucent heatmap on top; hover shows the map's value."""
+    figure = go.Figure()
+    figure.add_trace(go.Image(z=image, hoverinfo="skip"))
+    figure.add_trace(go.Heatmap(z=saliency, zmin=zmin, zmax=zmax, colorscale=fading_colourscale(scale, opacity),
+                                colorbar=dict(thickness=12, len=0.9), hovertemplate="x %{x}, y %{y}<br>%{z:.4g}<extra></extra>"))
+    figure.update_layout(title=dict(text=title, font=dict(size=14)), height=height,
+                         margin=dict(l=0, r=0, t=36, b=0), plot_bgcolor="white")
+    figure.update_xaxes(visible=False, range=[-0.5, image.shape[1] - 0.5])
+    figure.update_yaxes(visible=False, range=[image.shape[0] - 0.5, -0.5], scaleanchor="x")
+    return figure
+
+
+def occlusion_figure(probability: np.ndarray, ys: tuple[int, ...], xs: tuple[int, ...], patch: int, *,
+                     title: str, height: int = 360) -> go.Figure:
+    """Target probability as a function of the occluder's position (the lecture's plot)."""
+    centres_y = [y + patch / 2 for y in ys]
+    centres_x = [x + patch / 2 for x in xs]
+    figure = go.Figure(go.Heatmap(z=probability, x=centres_x, y=centres_y, colorscale="Viridis", zmin=0,
+                                  zmax=max(float(probability.max()), 1e-6), colorbar=dict(thickness=12, title="p"),
+                                  hovertemplate="occluder centre (%{x:.0f}, %{y:.0f})<br>p = %{z:.3f}<extra></extra>"))
+    figure.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=0, r=0, t=36, b=0))
+    figure.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
+    figure.update_xaxes(visible=False)
+    return figure
+
+
+def faithfulness_figure(curves: dict[str, "object"]) -> go.Figure:
+    """Deletion and insertion curves side by side, one line per method, AUC in the legend."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Deletion (lower AUC is better)",
+                                                           "Insertion (higher AUC is better)"))
+    palette = ["#3b6fd6", "#e4572e", "#17bebb", "#ffc914", "#76b041", "#9c51b6", "#444444", "#f28abf"]
+    for i, (label, result) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
+        figure.add_trace(go.Scatter(x=100 * result.fractions, y=result.deletion, mode="lines", line=dict(color=colour),
+                                    name=f"{label} · del {result.deletion_auc:.3f}", legendgroup=label), 1, 1)
+        figure.add_trace(go.Scatter(x=100 * result.fractions, y=result.insertion, mode="lines",
+                                    line=dict(color=colour, dash="dot"),
+                                    name=f"{label} · ins {result.insertion_auc:.3f}", legendgroup=label), 1, 2)
+    figure.update_xaxes(title="pixels removed / inserted (%)", range=[0, 100])
+    figure.update_yaxes(title="target probability", range=[0, 1.02])
+    figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
+                         legend=dict(orientation="h", y=-0.25))
     return figure

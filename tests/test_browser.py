@@ -31,7 +31,7 @@ def test_deep_link_first_then_upload_and_bad_file(server, tmp_path):
         # The very first request on a fresh server is a deep link to a page.
         page.goto(f"{server}/classify?image=coffee")
         wait_for_app(page, "Top-5 classes")
-        assert sidebar_nav_labels(page) == ["Home", "Classify"]  # the router's navigation, not the legacy one
+        assert sidebar_nav_labels(page) == ["Home", "Classify", "Saliency"]  # the router's navigation, not the legacy one
         page.locator(".js-plotly-plot").first.wait_for()
         page.get_by_text("espresso").first.wait_for()
         assert page.get_by_text("Runs on").first.is_visible()
@@ -59,7 +59,7 @@ def test_home_page_and_navigation(server):
     with chromium_page() as page:
         page.goto(server)
         wait_for_app(page, "See inside an image classifier")
-        assert sidebar_nav_labels(page) == ["Home", "Classify"]
+        assert sidebar_nav_labels(page) == ["Home", "Classify", "Saliency"]
         screenshot(page, "home")
         page.locator('[data-testid="stMain"]').get_by_text("Classify").first.click()
         wait_for_app(page, "Top-5 classes")
