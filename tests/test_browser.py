@@ -65,3 +65,20 @@ def test_home_page_and_navigation(server):
         wait_for_app(page, "Top-5 classes")
         assert page.url.split("?")[0].endswith("/classify")
         assert "model=efficientnet_lite0" in page.url and "image=chelsea" in page.url
+
+
+def test_saliency_page_runs_gradcam_and_occlusion(server):
+    with chromium_page() as page:
+        page.goto(f"{server}/saliency?image=coffee&methods=gradcam,occlusion")
+        wait_for_app(page, "Faithfulness: deletion and insertion")
+        page.get_by_text("Grad-CAM · espresso").first.wait_for()
+        page.locator("summary").filter(has_text="Settings of the slow methods").click()
+        page.get_by_role("button", name="Run the slow methods").click()
+        page.get_by_text("Occlusion · espresso").first.wait_for(timeout=120_000)
+        wait_for_app(page)
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "saliency-gradcam-occlusion")
+        page.get_by_role("button", name="Score the 2 maps shown").click()
+        page.get_by_text("Deletion (lower AUC is better)").first.wait_for(timeout=120_000)
+        wait_for_app(page)
+        screenshot(page, "saliency-faithfulness")

@@ -214,3 +214,14 @@ def test_tqdm_progress_drives_a_bar_and_never_cancels(capsys):
         assert job_funcs.slow_count(4, 0.0, progress=progress) == 4
     bar = capsys.readouterr().err
     assert "Counting" in bar and "100%" in bar and "Counted." in bar
+
+
+def test_find_returns_the_latest_job_for_a_key():
+    from engine.jobs import JobRegistry
+
+    registry = JobRegistry(max_running=1)
+    assert registry.find("k") is None
+    job_id = registry.submit(lambda progress: 7, title="seven", key="k")
+    registry.wait(job_id, timeout=10)
+    found = registry.find("k")
+    assert found is not None and found.id == job_id and found.result == 7
