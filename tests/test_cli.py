@@ -38,3 +38,20 @@ def test_cli_errors_are_sentences(tmp_path):
     assert missing.returncode == 2 and "no model called 'nope'" in missing.stderr
     nowhere = run_cli("classify", str(tmp_path / "absent.jpg"))
     assert nowhere.returncode == 2 and "neither a file nor a sample" in nowhere.stderr
+
+
+def test_saliency_writes_overlay_map_and_manifest(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    result = run_cli("saliency", "coffee", "--method", "gradcam", "--class", "cup", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    stem = tmp_path / "coffee_gradcam_968-cup"
+    saliency_map = np.load(f"{stem}.npy")
+    assert saliency_map.shape == (224, 224) and saliency_map.min() >= 0 and saliency_map.max() > 0
+    assert Image.open(f"{stem}.png").size == (224, 224)
+    manifest = json.loads(Path(f"{stem}.json").read_text())
+    assert manifest["class"] == {"id": 968, "name": "cup"} and manifest["layer"] == "_bn1"
+    assert manifest["model"]["name"] == "efficientnet_lite0" and "torch" in manifest["versions"]
+    bad = run_cli("saliency", "coffee", "--method", "gradcam", "--layer", "_fc", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "no spatial output" in bad.stderr

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
 from engine import hooks
 from engine.errors import ConfigError
+from tests.concurrency import assert_threads_match_serial
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -81,25 +80,5 @@ def test_eight_threads_give_the_serial_answers(lite0):
         return hooks.input_gradient(lite0, inputs[image], target)
 
     before = snapshot(lite0.model)
-    serial = [call(job) for job in jobs]
-    results: dict[tuple[int, int], torch.Tensor] = {}
-    errors: list[BaseException] = []
-
-    def worker(thread_id: int) -> None:
-        try:
-            for j in range(len(jobs)):
-                k = (j + 3 * thread_id) % len(jobs)  # each thread walks the jobs in its own order
-                results[(thread_id, k)] = call(jobs[k])
-        except BaseException as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert len(results) == 8 * 25
-    for (thread_id, k), value in results.items():
-        assert torch.equal(value, serial[k]), (thread_id, k)
+    assert_threads_match_serial(call, jobs, torch.equal)
     assert_untouched(lite0, before)

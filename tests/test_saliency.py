@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +11,7 @@ from torch import nn
 from engine import hooks, models
 from engine import saliency as S
 from engine.errors import Cancelled, ConfigError
+from tests.concurrency import assert_threads_match_serial
 
 SMALL = {
     "occlusion": S.OcclusionConfig(patch=8, stride=8, batch_size=5),
@@ -237,25 +236,7 @@ def test_eight_threads_give_the_serial_answers_for_every_method(tiny, key):
         image, target = call
         return method.attribute(inputs[image], target)
 
-    serial = [run(call) for call in calls]
-    errors, results = [], {}
-
-    def worker(thread_id):
-        try:
-            for j in range(len(calls)):
-                k = (j + 5 * thread_id) % len(calls)
-                results[(thread_id, k)] = run(calls[k])
-        except BaseException as error:  # noqa: BLE001
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert len(results) == 200
-    assert all(np.array_equal(value, serial[k]) for (t, k), value in results.items())
+    assert_threads_match_serial(run, calls, np.array_equal)
     assert hooks.count_hooks(tiny.model) == 0
 
 
