@@ -24,7 +24,7 @@ handle's lock, because they register hooks); Grad-CAM and Grad-CAM++ share one h
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -524,6 +524,18 @@ class Explanation:
     seconds: float = 0.0
     occlusion: OcclusionScan | None = None  # the probability map over occluder positions
     rise: RISEScan | None = None  # maps for every class, for free class switching
+
+    @property
+    def covers_every_class(self) -> bool:
+        """Occlusion and RISE keep every class's probabilities, so any class's map is free."""
+        return self.occlusion is not None or self.rise is not None
+
+    def for_class(self, target: int, target_label: str) -> "Explanation":
+        """The same scan explaining another class, without a single extra forward pass."""
+        if not self.covers_every_class:
+            raise ConfigError(f"{self.label} has to be run again to explain another class.")
+        saliency = self.occlusion.importance(target) if self.occlusion is not None else self.rise.saliency(target)
+        return replace(self, target=target, target_label=target_label, saliency=saliency)
 
 
 def explain(handle: ModelHandle, x: torch.Tensor, method: str, target: int | None = None,

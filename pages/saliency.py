@@ -127,12 +127,16 @@ def config_for(method: str, layer_name: str | None):
     return slow_configs.get(method, S.METHODS[method].Config())
 
 
+SCANS = ("occlusion", "rise")  # one scan holds every class's map: the job does not depend on the class
+
+
 def job_key(method: str, cls: int, config) -> str:
-    return "|".join(["saliency", handle.name, selection.digest, method, str(cls), json.dumps(config.as_dict(), sort_keys=True)])
+    scope = "any class" if method in SCANS else str(cls)
+    return "|".join(["saliency", handle.name, selection.digest, method, scope, json.dumps(config.as_dict(), sort_keys=True)])
 
 
 def slow_job(method: str, cls: int, *, start: bool):
-    """The registry's job for this exact request (started when asked); its status or None."""
+    """The registry's job for this request (started when asked); its status or None."""
     key = job_key(method, cls, config_for(method, layer))
     status = jobs.registry().find(key)
     if start and (status is None or status.state in ("failed", "cancelled")):
@@ -156,7 +160,10 @@ def explanation(method: str, cls: int, *, start_slow: bool = False):
     except GlassboxError as error:
         return None, None, str(error)
     if status is not None and status.state == "done":
-        return status.result, status, None
+        result = status.result
+        if result.target != cls:  # a scan made for another class: re-read it, no new passes
+            result = result.for_class(cls, handle.class_names[cls])
+        return result, status, None
     return None, status, status.error if status is not None else None
 
 

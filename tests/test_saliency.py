@@ -270,3 +270,14 @@ def test_gradcam_is_more_faithful_than_random_maps(lite0, chelsea_tensor):
     chance = np.mean([S.deletion_insertion(lite0, chelsea_tensor, coarse_random_map(s), cam.target, config).insertion_auc
                       for s in range(5)])
     assert ours > chance
+
+
+def test_a_scan_explains_any_class_without_new_passes(tiny):
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    for method in ("occlusion", "rise"):
+        first = S.explain(tiny, x, method, 1, SMALL[method])
+        other = first.for_class(6, "class 6")
+        direct = S.explain(tiny, x, method, 6, SMALL[method])
+        assert other.target == 6 and np.allclose(other.saliency, direct.saliency, atol=1e-6)
+    with pytest.raises(ConfigError, match="run again"):
+        S.explain(tiny, x, "gradcam", 1).for_class(2, "class 2")

@@ -59,8 +59,11 @@ def test_slow_method_runs_as_a_job_and_survives_reruns_then_scores():
     assert any(t.startswith("Occlusion · ") for t in titles), titles
     before = len(jobs.registry().list())
     at.run()
-    assert len(jobs.registry().list()) == before
+    at.selectbox(key=f"_class_class_{models.TEST_MODEL}").set_value(3).run()
+    assert len(jobs.registry().list()) == before  # neither a rerun nor a new class recomputes the scan
+    assert "Occlusion · class 3" in chart_titles(at)
     next(b for b in at.button if b.label.startswith("Score the 2 maps")).click().run()
+    assert not at.exception, at.exception
     wait_for_jobs()
     at.run()
     assert not at.exception
