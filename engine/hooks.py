@@ -47,10 +47,14 @@ def _recorder(name: str, captured: dict[str, torch.Tensor], cut: bool):
     def hook(module: nn.Module, args, output):
         if not torch.is_tensor(output):
             raise ConfigError(f"Layer '{name}' does not output a single tensor, so it cannot be inspected.")
-        if cut:
-            output = output.detach().requires_grad_(True)
-        captured[name] = output
-        return output if cut else None
+        if not cut:
+            captured[name] = output
+            return None
+        leaf = output.detach().requires_grad_(True)
+        captured[name] = leaf
+        # The next module may work in place (ReLU(inplace=True), ResNet's `out += identity`): hand
+        # it a copy, so the leaf keeps the layer's own values and autograd accepts the graph.
+        return leaf.clone()
     return hook
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import hooks
+from engine import hooks, models
 from engine.errors import ConfigError
 from tests.concurrency import assert_threads_match_serial
 
@@ -82,3 +82,17 @@ def test_eight_threads_give_the_serial_answers(lite0):
     before = snapshot(lite0.model)
     assert_threads_match_serial(call, jobs, torch.equal)
     assert_untouched(lite0, before)
+
+
+@pytest.mark.parametrize("arch,layer", [("vgg11", "features.18"), ("resnet18", "layer4.1.bn2"), ("alexnet", "features.10")])
+def test_layers_followed_by_in_place_operations(arch, layer):
+    """A conv before ReLU(inplace=True), or a BN before ResNet's in-place residual add."""
+    net = models.build_architecture(arch)  # random weights: only the mechanics are under test
+    handle = models.make_handle(models.torchvision_spec(arch), net, models.imagenet_classes(), torch.device("cpu"))
+    x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    result = hooks.layer_gradient(handle, x, layer, 3)
+    with torch.inference_mode():
+        logits = handle.logits(x)
+    assert torch.allclose(result.logits, logits, atol=1e-5)  # the copy did not change the forward pass
+    assert (result.activations < 0).any()  # the cut leaf kept the pre-ReLU values
+    assert hooks.count_hooks(handle.model) == 0
