@@ -95,24 +95,49 @@ with show_right:
     signed = st.radio("Values", ["absolute", "signed"], horizontal=True, key="sal_signed",
                       help="Signed keeps negative evidence (blue) for methods that have it: integrated gradients, occlusion.") == "signed"
 
+SLOW_DEFAULTS = {"patch": 32, "stride": 16, "fill": "grey", "masks": 1000, "grid": 7, "keep": 0.5,
+                 "steps": 32, "baseline": "black"}
+
+
+def slow_settings_from_url() -> dict:
+    """The slow methods' settings kept in the link (``slow=patch:24,stride:8,...``), else defaults."""
+    settings = dict(SLOW_DEFAULTS)
+    for item in (url_value("slow") or "").split(","):
+        name, _, value = item.partition(":")
+        if name in settings and value:
+            try:
+                settings[name] = type(SLOW_DEFAULTS[name])(value)
+            except ValueError:
+                pass  # a hand-edited link with a bad number keeps the default
+    return settings
+
+
+saved = slow_settings_from_url()
 with st.expander("Settings of the slow methods", icon=":material/tune:", expanded=False):
     with st.form("slow_settings", border=False):
         c1, c2, c3 = st.columns(3)
+        fills, baselines = ["grey", "black", "blur"], ["black", "grey"]
         with c1:
             st.markdown("**Occlusion**")
-            patch = st.number_input("Patch size (px)", 4, 224, 32, 4)
-            stride = st.number_input("Stride (px)", 2, 224, 16, 2)
-            fill = st.selectbox("Fill", ["grey", "black", "blur"])
+            patch = st.number_input("Patch size (px)", 4, 224, min(max(saved["patch"], 4), 224), 4)
+            stride = st.number_input("Stride (px)", 2, 224, min(max(saved["stride"], 2), 224), 2)
+            fill = st.selectbox("Fill", fills, index=fills.index(saved["fill"]) if saved["fill"] in fills else 0)
         with c2:
             st.markdown("**RISE**")
-            masks = st.number_input("Masks", 50, 8000, 1000, 50)
-            grid = st.number_input("Grid cells per side", 2, 16, 7)
-            keep = st.slider("Keep probability", 0.1, 0.9, 0.5, 0.05)
+            masks = st.number_input("Masks", 50, 8000, min(max(saved["masks"], 50), 8000), 50)
+            grid = st.number_input("Grid cells per side", 2, 16, min(max(saved["grid"], 2), 16))
+            keep = st.slider("Keep probability", 0.1, 0.9, min(max(saved["keep"], 0.1), 0.9), 0.05)
         with c3:
             st.markdown("**Integrated gradients**")
-            steps = st.number_input("Steps", 2, 300, 32, 2)
-            baseline = st.selectbox("Baseline", ["black", "grey"])
+            steps = st.number_input("Steps", 2, 300, min(max(saved["steps"], 2), 300), 2)
+            baseline = st.selectbox("Baseline", baselines,
+                                    index=baselines.index(saved["baseline"]) if saved["baseline"] in baselines else 0)
         run_slow = st.form_submit_button("Run the slow methods", type="primary")
+if run_slow:  # keep the settings in the link, so a reload finds the same jobs again
+    chosen_settings = dict(patch=int(patch), stride=int(stride), fill=fill, masks=int(masks), grid=int(grid),
+                           keep=float(keep), steps=int(steps), baseline=baseline)
+    changed = {k: v for k, v in chosen_settings.items() if v != SLOW_DEFAULTS[k]}
+    set_url_value("slow", ",".join(f"{k}:{v}" for k, v in changed.items()) or None)
 
 slow_configs = {
     "occlusion": S.OcclusionConfig(patch=int(patch), stride=int(stride), fill=fill),

@@ -55,6 +55,9 @@ def test_slow_method_runs_as_a_job_and_survives_reruns_then_scores():
     assert not at.exception, at.exception
     wait_for_jobs()
     at.run()  # a later rerun finds the finished job by its key instead of starting it again
+    assert at.query_params["slow"] in ("patch:16", ["patch:16"])  # stride 16 is the default
+    reloaded = open_page(**{k: v for k, v in at.query_params.items()})  # a reload: a fresh session, same link
+    assert any(t.startswith("Occlusion · ") for t in chart_titles(reloaded)), "the finished job is found again"
     titles = chart_titles(at)
     assert any(t.startswith("Occlusion · ") for t in titles), titles
     before = len(jobs.registry().list())
