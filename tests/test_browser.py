@@ -74,8 +74,10 @@ def test_saliency_page_runs_gradcam_and_occlusion(server):
         page.get_by_text("Grad-CAM · espresso").first.wait_for()
         page.locator("summary").filter(has_text="Settings of the slow methods").click()
         page.get_by_role("button", name="Run the slow methods").click()
-        page.get_by_text("Occlusion · espresso").first.wait_for(timeout=120_000)
+        # Only a finished occlusion card has this button (the progress bar also names the method).
+        page.get_by_text("Probability vs occluder position").first.wait_for(timeout=120_000)
         wait_for_app(page)
+        assert page.get_by_text("Running…").count() == 0
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "saliency-gradcam-occlusion")
         page.get_by_role("button", name="Score the 2 maps shown").click()
