@@ -1,0 +1,111 @@
+"""Relabelling engine core (issue 4, first part): eq. 3 by brute force, the grid and cap, real targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import classify, images
+from engine import relabel as R
+from engine.errors import ConfigError
+
+
+def test_distortion_matches_a_brute_force_loop():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    total, count = 0.0, 0
+    for i in range(7):
+        for j in range(5):
+            for c in range(3):
+                total += (a[i, j, c] / 255 - b[i, j, c] / 255) ** 2
+                count += 1
+    assert R.distortion_rms(a, b) == pytest.approx(math.sqrt(total / count), rel=1e-12)
+    ta, tb = (torch.from_numpy(v).permute(2, 0, 1)[None].double() / 255 for v in (a, b))
+    assert R.distortion_rms(ta, tb) == pytest.approx(math.sqrt(total / count), rel=1e-12)
+    one_level = torch.full((1, 3, 4, 4), 1 / 255)
+    assert R.distortion_rms(one_level, torch.zeros_like(one_level)) == pytest.approx(1 / 255)
+    with pytest.raises(ConfigError):
+        R.distortion_rms(a, b[:3])
+
+
+@pytest.mark.parametrize("target", ["half track", "espresso", "goldfish"])
+def test_relabelled_png_reloads_with_the_target_label(lite0, chelsea_tensor, target):
+    result = R.relabel(lite0, chelsea_tensor, lite0.class_index(target), R.RelabelConfig(cap=0.01))
+    assert result.succeeded, (result.outcome, result.steps)
+    assert result.distortion[-1] <= 0.01 and result.steps >= 1
+    assert result.original_class == 285 and result.top1[-1] == result.target
+    reloaded = images.decode_image(images.to_png_bytes(result.image))
+    assert classify.classify_image(lite0, reloaded, top_k=1).indices[0] == result.target
+    # On the 8-bit grid, and eq. 3 of the saved PNG equals the recorded last distortion.
+    start = (chelsea_tensor[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert R.distortion_rms(result.image, start) == pytest.approx(result.distortion[-1], abs=1e-9)
+    assert len(result.target_prob) == len(result.distortion) == result.steps + 1
+
+
+def test_the_cap_is_respected_and_reported_as_an_outcome(tiny):
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    start = int(tiny.probabilities(x).argmin())
+    result = R.relabel(tiny, x, start, R.RelabelConfig(cap=0.005, max_steps=100))
+    assert result.outcome == "cap reached" and not result.succeeded
+    assert (result.distortion <= 0.005).all()
+    stepped = R.relabel(tiny, x, start, R.RelabelConfig(cap=None, max_steps=3))
+    assert stepped.steps == 3 and stepped.outcome in ("step limit reached", "relabelled")
+    # every step moves every value by at most alpha levels and stays on the grid
+    assert np.abs(stepped.image.astype(int) - (x[0].permute(1, 2, 0) * 255).round().numpy()).max() <= 3
+
+
+def test_raw_gradient_step_concentrates_the_change(lite0, chelsea_tensor):
+    """Fig. 3: the sign step moves every value; the raw step leaves most of them in place."""
+    config = dict(cap=None, max_steps=1)
+    sign = R.relabel(lite0, chelsea_tensor, 11, R.RelabelConfig(step="sign", **config))
+    raw = R.relabel(lite0, chelsea_tensor, 11, R.RelabelConfig(step="raw", alpha=8, **config))
+    start = (chelsea_tensor[0].permute(1, 2, 0) * 255).round().numpy()
+    moved_sign = (sign.image.astype(float) != start).mean()
+    moved_raw = (raw.image.astype(float) != start).mean()
+    assert moved_sign > 0.95 and moved_raw < 0.5
+    assert np.abs(raw.image.astype(float) - start).max() == 8
+
+
+def test_bad_requests_get_sentences(tiny):
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(ConfigError, match="no class called"):
+        R.relabel(tiny, x, "unicorn")
+    with pytest.raises(ConfigError, match="one image at a time"):
+        R.relabel(tiny, torch.rand(2, 3, 64, 64), 1)
+    with pytest.raises(ConfigError, match="Unknown step"):
+        R.relabel(tiny, x, 1, R.RelabelConfig(step="zigzag"))
+
+
+def test_gaussian_start_is_on_the_grid_and_seeded():
+    a, b = R.gaussian_start(32, seed=3), R.gaussian_start(32, seed=3)
+    assert torch.equal(a, b) and torch.equal(a, torch.round(a * 255) / 255)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd", "leastlikely"])
+def test_attacks_respect_epsilon_and_the_grid(lite0, chelsea_tensor, method):
+    config = R.AttackConfig(epsilon=3, step=1, steps=6, random_start=(method == "pgd"))
+    result = R.attack(lite0, chelsea_tensor, method, config=config)
+    start = (chelsea_tensor[0].permute(1, 2, 0) * 255).round().numpy()
+    change = np.abs(result.image.astype(float) - start)
+    assert change.max() <= 3 and result.linf_levels <= 3
+    assert result.original_class == 285
+    if method == "fgsm":
+        assert change.max() == 3  # one full step of size eps
+    if method == "leastlikely":
+        assert result.target == int(lite0.probabilities(chelsea_tensor)[0].argmin())
+        probs_before = lite0.probabilities(chelsea_tensor)[0]
+        assert result.final_probs[result.target] > probs_before[result.target]
+    if method == "pgd":
+        assert result.final_class != 285  # 6 steps of 1 level inside a 3-level ball are enough here
+
+
+def test_least_likely_is_the_argmin(tiny):
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    probs = tiny.probabilities(x)[0]
+    assert R.least_likely_class(tiny, x) == int(np.argmin(probs))
+    with pytest.raises(ConfigError, match="Unknown attack"):
+        R.attack(tiny, x, "deepfool")
