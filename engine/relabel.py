@@ -253,3 +253,106 @@ def attack(handle: ModelHandle, x: torch.Tensor, method: str, target: int | None
                         original_class=original_class, final_class=int(probs.argmax()), final_probs=probs,
                         distortion=distortion_rms(adversarial, x), linf_levels=linf_levels(adversarial, x),
                         config=config.as_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits (sec. 3.1): does the new label survive a crop, a shift, a mirror, another network?
+
+
+@dataclass(frozen=True)
+class LimitCheck:
+    check: str  # what was done to the relabelled image
+    model: str
+    top1: int
+    label: str
+    target_prob: float
+    keeps_target: bool  # still the relabelled class
+    reverted: bool  # back to the original class
+
+
+def _transformed(image: torch.Tensor, check: str) -> torch.Tensor:
+    """The relabelled image (1, 3, S, S) cropped, shifted or mirrored, at the same size."""
+    size = image.shape[-1]
+    if check == "mirror":
+        return image.flip(-1)
+    if check == "crop 90 %":
+        margin = round(size * 0.05)
+        inner = image[..., margin:size - margin, margin:size - margin]
+        return F.interpolate(inner, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if check == "shift 8 px":
+        return torch.roll(image, shifts=(8, 8), dims=(-2, -1))
+    raise ConfigError(f"Unknown check '{check}'.")
+
+
+CHECKS = ("mirror", "crop 90 %", "shift 8 px")
+
+
+def limit_checks(handle: ModelHandle, relabelled: np.ndarray, target: int, original_class: int,
+                 second: ModelHandle | None = None) -> list[LimitCheck]:
+    """Sec. 3.1's limits: transforms on this model, and the untouched image on a second network."""
+    from .images import fit_square, to_tensor
+
+    image = to_tensor(relabelled, device=handle.device)
+    rows = []
+    candidates = [(check, handle, _transformed(image, check)) for check in ("none", *CHECKS) if check != "none"]
+    candidates.insert(0, ("as relabelled", handle, image))
+    if second is not None:
+        resized = to_tensor(fit_square(relabelled, second.input_size), device=second.device)
+        candidates.append(("another network", second, resized))
+    for check, model, batch in candidates:
+        probs = model.probabilities(batch)[0]
+        top1 = int(probs.argmax())
+        rows.append(LimitCheck(check=check, model=model.name, top1=top1, label=model.class_names[top1],
+                               target_prob=float(probs[target]), keeps_target=top1 == target,
+                               reverted=top1 == original_class))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Sec. 3.1 "How robust is this process?": images x random targets under a cap
+
+
+PAPER_SUCCESS_RATE = 0.987
+PAPER_MEAN_DISTORTION = 0.00814
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    images: tuple[str, ...]
+    pairs: tuple[tuple[str, int, str, int, float], ...]  # (image, target, outcome, steps, distortion)
+    cap: float
+
+    @property
+    def success_rate(self) -> float:
+        return sum(p[2] == "relabelled" for p in self.pairs) / max(len(self.pairs), 1)
+
+    @property
+    def mean_distortion(self) -> float:
+        done = [p[4] for p in self.pairs if p[2] == "relabelled"]
+        return float(np.mean(done)) if done else float("nan")
+
+    def steps_histogram(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for p in self.pairs:
+            if p[2] == "relabelled":
+                counts[p[3]] = counts.get(p[3], 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def sweep(handle: ModelHandle, named_images: dict[str, torch.Tensor], targets_per_image: int, *,
+          cap: float = 0.01, max_steps: int = 300, seed: int = 0, progress: Progress | None = None) -> SweepResult:
+    """Each image towards M random classes (never its own top-1), each under the distortion cap."""
+    rng = np.random.default_rng(seed)
+    plan = []
+    for name, x in named_images.items():
+        own = int(handle.probabilities(x)[0].argmax())
+        choices = np.array([c for c in range(handle.num_classes) if c != own])
+        count = min(targets_per_image, len(choices))
+        plan += [(name, int(t)) for t in rng.choice(choices, count, replace=False)]
+    pairs = []
+    config = RelabelConfig(cap=cap, max_steps=max_steps)
+    for i, (name, target) in enumerate(plan):
+        result = relabel(handle, named_images[name], target, config)
+        pairs.append((name, target, result.outcome, result.steps, float(result.distortion[-1])))
+        report(progress, (i + 1) / len(plan), f"{i + 1} of {len(plan)} pairs")
+    return SweepResult(images=tuple(named_images), pairs=tuple(pairs), cap=cap)

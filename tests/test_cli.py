@@ -55,3 +55,23 @@ def test_saliency_writes_overlay_map_and_manifest(tmp_path):
     assert manifest["model"]["name"] == "efficientnet_lite0" and "torch" in manifest["versions"]
     bad = run_cli("saliency", "coffee", "--method", "gradcam", "--layer", "_fc", "--out", str(tmp_path))
     assert bad.returncode == 2 and "no spatial output" in bad.stderr
+
+
+def test_relabel_writes_a_png_that_classifies_as_the_target(tmp_path):
+    from PIL import Image
+
+    from engine import classify, models
+
+    result = run_cli("relabel", "chelsea", "--target", "half track", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "chelsea_relabel_manifest.json").read_text())
+    assert manifest["final_top1"]["name"] == "half track" and manifest["distortion_eq3"] <= 0.01
+    steps = json.loads((tmp_path / "chelsea_relabel_steps.json").read_text())
+    assert steps["outcome"] == "relabelled" and len(steps["distortion"]) == steps["steps"] + 1
+    handle = models.load_model()
+    reloaded = Image.open(tmp_path / "chelsea_relabel.png").convert("RGB")
+    assert classify.classify_image(handle, reloaded, top_k=1).labels[0] == "half track"
+    missing = run_cli("relabel", "chelsea", "--out", str(tmp_path))
+    assert missing.returncode == 2 and "needs a --target" in missing.stderr
+    pgd = run_cli("relabel", "chelsea", "--method", "pgd", "--epsilon", "2", "--out", str(tmp_path))
+    assert pgd.returncode == 0 and (tmp_path / "chelsea_pgd.png").exists()

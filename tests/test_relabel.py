@@ -109,3 +109,28 @@ def test_least_likely_is_the_argmin(tiny):
     assert R.least_likely_class(tiny, x) == int(np.argmin(probs))
     with pytest.raises(ConfigError, match="Unknown attack"):
         R.attack(tiny, x, "deepfool")
+
+
+def test_limit_checks_on_a_relabelled_photo(lite0, chelsea_tensor):
+    from engine import models
+
+    result = R.relabel(lite0, chelsea_tensor, lite0.class_index("half track"))
+    second = models.load_model("efficientnet_lite1")
+    rows = {row.check: row for row in R.limit_checks(lite0, result.image, result.target, result.original_class, second)}
+    assert set(rows) == {"as relabelled", "mirror", "crop 90 %", "shift 8 px", "another network"}
+    assert rows["as relabelled"].keeps_target
+    assert rows["another network"].model == "efficientnet_lite1" and not rows["another network"].keeps_target
+    assert sum(not rows[c].keeps_target for c in R.CHECKS) >= 2  # the paper: transforms undo the label
+
+
+def test_sweep_counts_are_exact_on_the_tiny_model(tiny):
+    named = {f"img{i}": torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)}
+    result = R.sweep(tiny, named, 4, cap=0.02, max_steps=40, seed=1)
+    assert len(result.pairs) == 12
+    for name, target, outcome, steps, distortion in result.pairs:
+        again = R.relabel(tiny, named[name], target, R.RelabelConfig(cap=0.02, max_steps=40))
+        assert (again.outcome, again.steps) == (outcome, steps)
+        assert target != int(tiny.probabilities(named[name])[0].argmax())
+    done = [p for p in result.pairs if p[2] == "relabelled"]
+    assert result.success_rate == len(done) / 12
+    assert sum(result.steps_histogram().values()) == len(done)
