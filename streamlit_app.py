@@ -42,6 +42,9 @@ PAGES: tuple[PageEntry, ...] = (
               "What Glassbox is and what each demo shows.", default=True),
     PageEntry("pages/classify.py", "Classify", ":material/bar_chart:", "classify",
               "The chosen image as the model sees it, with its five most likely ImageNet classes."),
+    PageEntry("pages/relabel.py", "Relabel", ":material/swap_horiz:", "relabel",
+              "Make the photo take any ImageNet label while it looks unchanged (Robinson & Graham 2015), "
+              "with FGSM, PGD and least-likely attacks, and the checks that show where it stops working."),
     PageEntry("pages/saliency.py", "Saliency", ":material/blur_on:", "saliency",
               "Which pixels made the model decide? Grad-CAM, Grad-CAM++, guided Grad-CAM, gradients, "
               "integrated gradients, occlusion and RISE side by side, two classes compared, and each map "

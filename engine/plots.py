@@ -14,7 +14,8 @@ ACCENT = "#3b6fd6"
 MUTED = "#9db4e6"
 
 
-def topk_bar(prediction: Prediction, *, highlight: int | None = None, height: int | None = None) -> go.Figure:
+def topk_bar(prediction: Prediction, *, highlight: int | None = None, height: int | None = None,
+             title: str | None = None) -> go.Figure:
     """Horizontal bars of the top-k probabilities, best on top; ``highlight`` marks one class id."""
     labels = [f"{label}  " for label in prediction.labels][::-1]
     probs = [100 * p for p in prediction.probs][::-1]
@@ -30,7 +31,7 @@ def topk_bar(prediction: Prediction, *, highlight: int | None = None, height: in
         height=height or 60 + 42 * len(probs), margin=dict(l=10, r=40, t=30, b=40),
         xaxis=dict(title="probability (%)", range=[0, 108], fixedrange=True),
         yaxis=dict(fixedrange=True, automargin=True),
-        title=dict(text=f"Top-{len(probs)} classes · {prediction.model}", font=dict(size=15)),
+        title=dict(text=f"{title or 'Top-' + str(len(probs)) + ' classes'} · {prediction.model}", font=dict(size=15)),
         plot_bgcolor="white", font=dict(size=14),
     )
     figure.update_xaxes(showgrid=True, gridcolor="#eee")
@@ -151,4 +152,26 @@ def faithfulness_figure(curves: dict[str, "object"]) -> go.Figure:
     figure.update_yaxes(title="target probability", range=[0, 1.02])
     figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white",
                          legend=dict(orientation="h", y=-0.25))
+    return figure
+
+
+def relabel_steps_figure(target_prob, original_prob, distortion, *, target_label: str, original_label: str,
+                         cap: float | None) -> go.Figure:
+    """Target and original probability per step, and the distortion (eq. 3) against its cap."""
+    from plotly.subplots import make_subplots
+
+    steps = list(range(len(target_prob)))
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.add_trace(go.Scatter(x=steps, y=list(target_prob), name=f"p({target_label})", line=dict(color=ACCENT, width=3)))
+    figure.add_trace(go.Scatter(x=steps, y=list(original_prob), name=f"p({original_label})", line=dict(color="#e4572e")))
+    figure.add_trace(go.Scatter(x=steps, y=list(distortion), name="distortion (eq. 3)", line=dict(color="#666", dash="dot")),
+                     secondary_y=True)
+    if cap is not None:
+        figure.add_trace(go.Scatter(x=[steps[0], steps[-1]], y=[cap, cap], name=f"cap {cap}", mode="lines",
+                                    line=dict(color="#bbb", dash="dash")), secondary_y=True)
+    figure.update_xaxes(title="step", dtick=1 if len(steps) <= 20 else None)
+    figure.update_yaxes(title="probability", range=[0, 1.02], secondary_y=False)
+    figure.update_yaxes(title="distortion", rangemode="tozero", secondary_y=True, showgrid=False)
+    figure.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                         legend=dict(orientation="h", y=1.15))
     return figure

@@ -108,10 +108,11 @@ def _done(probs: torch.Tensor, target: int, confidence: float | None) -> bool:
 
 
 def relabel(handle: ModelHandle, x: torch.Tensor, target: int, config: RelabelConfig = RelabelConfig(),
-            progress: Progress | None = None) -> RelabelResult:
+            progress: Progress | None = None, observer: list | None = None) -> RelabelResult:
     """Eq. 1-2 until the target is top-1 (and confident enough), the cap or the step limit.
 
     The step that would pass the distortion cap is not taken: the result always respects it.
+    ``observer``, if given, receives each step's record as it happens.
     """
     if x.ndim != 4 or x.shape[0] != 1:
         raise ConfigError("Relabelling works on one image at a time, shape (1, 3, H, W).")
@@ -138,6 +139,8 @@ def relabel(handle: ModelHandle, x: torch.Tensor, target: int, config: RelabelCo
         records["original"].append(float(probs[original_class]))
         records["top1"].append(int(probs.argmax()))
         records["distortion"].append(distortion_rms(current, original))
+        if observer is not None:  # a page plots the run live from this list (thread jobs share memory)
+            observer.append({k: v[-1] for k, v in records.items()})
         if _done(probs, target, config.confidence):
             outcome = "relabelled"
             break
@@ -356,3 +359,20 @@ def sweep(handle: ModelHandle, named_images: dict[str, torch.Tensor], targets_pe
         pairs.append((name, target, result.outcome, result.steps, float(result.distortion[-1])))
         report(progress, (i + 1) / len(plan), f"{i + 1} of {len(plan)} pairs")
     return SweepResult(images=tuple(named_images), pairs=tuple(pairs), cap=cap)
+
+
+def first_gradients(handle: ModelHandle, x: torch.Tensor, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fig. 3: the first step's raw gradient and its sign, as H x W x 3 images in [0, 1] (grey = 0)."""
+    image = quantize(x[:1].detach().to(handle.device, torch.float32)).requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(handle.logits(image), torch.tensor([handle.class_index(target)], device=handle.device))
+        (gradient,) = torch.autograd.grad(loss, image)
+    raw = 0.5 + 0.5 * gradient / gradient.abs().max().clamp_min(1e-12)
+    sign = 0.5 + 0.5 * gradient.sign()
+    return tuple(v[0].permute(1, 2, 0).cpu().numpy() for v in (raw, sign))
+
+
+def difference_image(changed: np.ndarray, original: np.ndarray, gain: float = 10.0) -> np.ndarray:
+    """Fig. 1's centre column: the pixel difference x gain, shifted to mid-grey, uint8."""
+    delta = changed.astype(np.float32) - original.astype(np.float32)
+    return np.clip(127.5 + gain * delta, 0, 255).astype(np.uint8)

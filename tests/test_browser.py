@@ -31,7 +31,7 @@ def test_deep_link_first_then_upload_and_bad_file(server, tmp_path):
         # The very first request on a fresh server is a deep link to a page.
         page.goto(f"{server}/classify?image=coffee")
         wait_for_app(page, "Top-5 classes")
-        assert sidebar_nav_labels(page) == ["Home", "Classify", "Saliency"]  # the router's navigation, not the legacy one
+        assert sidebar_nav_labels(page) == ["Home", "Classify", "Relabel", "Saliency"]  # the router's navigation, not the legacy one
         page.locator(".js-plotly-plot").first.wait_for()
         page.get_by_text("espresso").first.wait_for()
         assert page.get_by_text("Runs on").first.is_visible()
@@ -59,7 +59,7 @@ def test_home_page_and_navigation(server):
     with chromium_page() as page:
         page.goto(server)
         wait_for_app(page, "See inside an image classifier")
-        assert sidebar_nav_labels(page) == ["Home", "Classify", "Saliency"]
+        assert sidebar_nav_labels(page) == ["Home", "Classify", "Relabel", "Saliency"]
         screenshot(page, "home")
         page.locator('[data-testid="stMain"]').get_by_text("Classify").first.click()
         wait_for_app(page, "Top-5 classes")
@@ -84,3 +84,15 @@ def test_saliency_page_runs_gradcam_and_occlusion(server):
         page.get_by_text("Deletion (lower AUC is better)").first.wait_for(timeout=120_000)
         wait_for_app(page)
         screenshot(page, "saliency-faithfulness")
+
+
+def test_relabel_page_turns_the_cat_into_a_half_track(server):
+    with chromium_page() as page:
+        page.goto(f"{server}/relabel?image=chelsea&target=586")
+        wait_for_app(page, "Turn this image into a:")
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Relabelled to").first.wait_for(timeout=120_000)
+        wait_for_app(page)
+        assert page.get_by_text("relabelled · half track").count()
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "relabel-half-track")
