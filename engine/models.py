@@ -176,7 +176,12 @@ class ModelHandle:
         if partial:
             shown = ", ".join(self.class_names[i] for i in partial[:5])
             raise ConfigError(f"'{which}' matches several classes ({shown}, ...); please be more specific.")
-        raise ConfigError(f"This model has no class called '{which}'.")
+        import difflib
+
+        close = difflib.get_close_matches(wanted, [n.lower() for n in self.class_names], n=3, cutoff=0.6)
+        lookup = {n.lower(): n for n in self.class_names}
+        hint = f" Did you mean {', '.join(lookup[c] for c in close)}?" if close else ""
+        raise ConfigError(f"This model has no class called '{which}'.{hint}")
 
     def layer(self, name: str | None) -> LayerInfo:
         """The spatial layer called ``name`` (the default layer when None)."""

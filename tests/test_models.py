@@ -76,6 +76,8 @@ def test_class_lookup(lite0):
     assert lite0.class_index("espresso") == 967
     with pytest.raises(ConfigError, match="no class called"):
         lite0.class_index("unicorn")
+    with pytest.raises(ConfigError, match="Did you mean tiger cat"):
+        lite0.class_index("tigr cat")
     with pytest.raises(ConfigError, match="several classes"):
         lite0.class_index("cat")
     with pytest.raises(ConfigError, match="0 to 999"):

@@ -69,3 +69,9 @@ def test_the_swap_preset_relabels_both_photos():
     successes = [s.value for s in at.success]
     assert any("Egyptian cat" in s for s in successes) and any("espresso" in s for s in successes), successes
     assert any("The swap: chelsea into a espresso" in h.value for h in at.subheader)
+
+
+def test_an_unknown_class_in_the_link_offers_close_matches():
+    at = open_page(image="chelsea", target="half trak")
+    warnings = " ".join(w.value for w in at.warning)
+    assert "no class called 'half trak'" in warnings and "Did you mean half track" in warnings
