@@ -49,9 +49,13 @@ def test_relabelled_png_reloads_with_the_target_label(lite0, chelsea_tensor, tar
 def test_the_cap_is_respected_and_reported_as_an_outcome(tiny):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     start = int(tiny.probabilities(x).argmin())
-    result = R.relabel(tiny, x, start, R.RelabelConfig(cap=0.005, max_steps=100))
+    result = R.relabel(tiny, x, start, R.RelabelConfig(cap=0.005, max_steps=100, at_cap="stop"))
     assert result.outcome == "cap reached" and not result.succeeded
     assert (result.distortion <= 0.005).all()
+    fitted = R.relabel(tiny, x, start, R.RelabelConfig(cap=0.005, max_steps=100))  # at_cap="fit"
+    assert (fitted.distortion <= 0.005 + 1e-12).all() and fitted.steps > result.steps
+    levels = fitted.image.astype(int) - (x[0].permute(1, 2, 0) * 255).round().numpy()
+    assert np.allclose(levels, np.round(levels))
     stepped = R.relabel(tiny, x, start, R.RelabelConfig(cap=None, max_steps=3))
     assert stepped.steps == 3 and stepped.outcome in ("step limit reached", "relabelled")
     # every step moves every value by at most alpha levels and stays on the grid
@@ -134,3 +138,18 @@ def test_sweep_counts_are_exact_on_the_tiny_model(tiny):
     done = [p for p in result.pairs if p[2] == "relabelled"]
     assert result.success_rate == len(done) / 12
     assert sum(result.steps_histogram().values()) == len(done)
+
+
+def test_fit_under_cap_spends_the_budget_on_the_largest_gradients():
+    original = torch.zeros(1, 3, 2, 2)
+    current = original.clone()
+    gradient = torch.arange(1.0, 13.0).view(1, 3, 2, 2)  # value 11 has the largest |gradient|
+    candidate = current - gradient.sign() / 255
+    level = float(torch.tensor(1 / 255))  # one level as the float32 image holds it
+    cap = math.sqrt(2 * level ** 2 / 12)  # room for exactly two one-level moves out of twelve
+    fitted = R._fit_under_cap(current, candidate, original, gradient, cap, min_share=0)
+    moved = torch.nonzero((fitted != current).flatten()).flatten().tolist()
+    assert moved == [10, 11]
+    assert R.distortion_rms(fitted, original) <= cap + 1e-15
+    assert R._fit_under_cap(current, candidate, original, gradient, cap / 10, min_share=0) is None
+    assert R._fit_under_cap(current, candidate, original, gradient, cap, min_share=0.5) is None

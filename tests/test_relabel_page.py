@@ -46,7 +46,7 @@ def test_a_target_that_is_already_top1_and_a_cap_reached_are_sentences():
     at = open_page(image="coffee", target="967")
     assert any("already calls this image a espresso" in i.value for i in at.info)
     at = open_page(image="coffee", target="1")
-    next(n for n in at.number_input if n.label.startswith("Distortion cap")).set_value(0.002)
+    next(n for n in at.number_input if n.label.startswith("Distortion cap")).set_value(0.001)
     next(b for b in at.button if b.label == "Run").click().run()
     finish(at)
     assert any(w.value.startswith("Outcome: cap reached") for w in at.warning)
