@@ -82,8 +82,12 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     from .jobs import tqdm_progress
 
     handle = models.load_model(args.model)
-    view = classify.model_view(handle, read_image(args.image))
-    x = images.to_tensor(view, device=handle.device)
+    if args.image == "gaussian":  # sec. 3.2: image synthesis from noise
+        x = relabel.gaussian_start(handle.input_size, seed=0).to(handle.device)
+        view = images.to_uint8(x)
+    else:
+        view = classify.model_view(handle, read_image(args.image))
+        x = images.to_tensor(view, device=handle.device)
     if args.method == "relabel" and args.target is None:
         raise GlassboxError("Relabelling needs a --target class (an id or a name such as 'half track').")
     target = handle.class_index(args.target) if args.target is not None and args.method != "leastlikely" else None
@@ -106,7 +110,7 @@ def cmd_relabel(args: argparse.Namespace) -> int:
     manifest = {"glassbox": "relabel", "image": args.image, "model": handle.name, "method": args.method,
                 "target": None if target is None else {"id": target, "name": handle.class_names[target]},
                 "final_top1": {"id": final, "name": handle.class_names[final]}, "distortion_eq3": distortion,
-                "config": result.config}
+                "quality": relabel.image_quality(pixels, view), "config": result.config}
     (out / f"{stem}.png").write_bytes(images.to_png_bytes(pixels))
     (out / f"{stem}_steps.json").write_text(json.dumps(record, indent=2))
     (out / f"{stem}_manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -160,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the files into")
     p.set_defaults(run=cmd_saliency)
     p = commands.add_parser("relabel", help="make an image take another label (Robinson & Graham 2015), or FGSM/PGD")
-    p.add_argument("image", help="image file, or a sample name such as chelsea")
+    p.add_argument("image", help="image file, a sample name such as chelsea, or 'gaussian' (sec. 3.2: start from noise)")
     p.add_argument("--target", help="class id or name (not needed for leastlikely)")
     p.add_argument("--method", default="relabel", choices=["relabel", "fgsm", "pgd", "leastlikely"])
     p.add_argument("--cap", type=float, default=0.01, help="largest distortion, eq. 3 (relabel only)")

@@ -64,9 +64,18 @@ def linf_levels(changed: torch.Tensor, original: torch.Tensor) -> int:
     return int(round(float((changed - original).abs().max()) * 255))
 
 
-def psnr(changed: torch.Tensor, original: torch.Tensor) -> float:
-    mse = float(((changed - original) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+def image_quality(changed: np.ndarray, original: np.ndarray) -> dict[str, float]:
+    """How different two uint8 H x W x 3 images are: eq. 3, L-inf in levels, PSNR (dB) and SSIM."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _as_unit_array(changed), _as_unit_array(original)
+    mse = float(((a - b) ** 2).mean())
+    return {
+        "distortion": distortion_rms(changed, original),
+        "linf_levels": int(round(float(np.abs(a - b).max()) * 255)),
+        "psnr_db": float("inf") if mse == 0 else 10 * math.log10(1.0 / mse),
+        "ssim": float(structural_similarity(a, b, channel_axis=2, data_range=1.0)),
+    }
 
 
 @dataclass(frozen=True)

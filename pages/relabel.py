@@ -21,9 +21,19 @@ st.caption("Robinson & Graham (2015): nudge every pixel by one 8-bit level in th
            "distortion (eq. 3) stays under a cap. The lecture's FGSM, PGD and least-likely attacks are here too.")
 
 HALF_TRACK = 586
-view = classify.model_view(handle, selection.image())
-x = images.to_tensor(view, device=handle.device)
-ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
+gaussian = st.toggle("Start from a random Gaussian image instead of the photo (sec. 3.2)", key="rl_gaussian",
+                     help="The paper's image synthesis: noise that the model will call anything. It needed a "
+                          "distortion of about 0.03, so raise the cap.")
+if gaussian:
+    x = R.gaussian_start(handle.input_size, seed=0).to(handle.device)
+    view = images.to_uint8(x)
+    image_digest, image_name = "gaussian-seed-0", "gaussian"
+    ranking = handle.classify(x, top_k=handle.num_classes)
+else:
+    view = classify.model_view(handle, selection.image())
+    x = images.to_tensor(view, device=handle.device)
+    image_digest, image_name = selection.digest, selection.image_name
+    ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
 
 with st.expander("Presets from the paper", icon=":material/school:"):
     p1, p2 = st.columns(2)
@@ -93,14 +103,14 @@ if already:
     st.info(f"The model already calls this image a {handle.class_names[target]}: pick another class to relabel it into.")
 elif run:
     try:
-        start(x, selection.digest, target, f"{METHODS[method]} → {handle.class_names[target]}")
+        start(x, image_digest, target, f"{METHODS[method]} → {handle.class_names[target]}")
     except GlassboxError as error:
         st.error(str(error))
 
-status = jobs.registry().find(run_key(selection.digest, target))
+status = jobs.registry().find(run_key(image_digest, target))
 
 # Fig. 1's swap: the partner photo is relabelled into this photo's class at the same time.
-swap = url_value("swap") == "1" and method == "relabel"
+swap = url_value("swap") == "1" and method == "relabel" and not gaussian
 partner_name = "chelsea" if selection.image_name != "chelsea" else "coffee"
 partner_bytes = images.sample_bytes(partner_name)
 partner_digest = images.image_digest(partner_bytes)
@@ -138,6 +148,9 @@ def show_result(result, original: np.ndarray, name: str) -> None:
     c1.image(original, caption=f"original · {handle.class_names[result.original_class]}", width="stretch")
     c2.image(R.difference_image(relabelled, original), caption="difference × 10, around mid-grey", width="stretch")
     c3.image(relabelled, caption=f"relabelled · {handle.class_names[int(final)]}", width="stretch")
+    quality = R.image_quality(relabelled, original)
+    st.caption(f"distortion {quality['distortion']:.5f} (eq. 3) · largest change {quality['linf_levels']} levels · "
+               f"PSNR {quality['psnr_db']:.1f} dB · SSIM {quality['ssim']:.4f}")
     if hasattr(result, "outcome"):
         distortion = float(result.distortion[-1])
         if result.succeeded:
@@ -151,7 +164,7 @@ def show_result(result, original: np.ndarray, name: str) -> None:
         st.info(f"{METHODS[result.method]}: the model now says **{handle.class_names[result.final_class]}**; "
                 f"distortion {result.distortion:.5f}, largest change {result.linf_levels} levels.")
     manifest = {"glassbox": "relabel", "image": name, "model": handle.name, "method": method, "target": int(target),
-                "final_top1": int(final), "config": result.config}
+                "final_top1": int(final), "quality": quality, "config": result.config}
     d1, d2, _ = st.columns([1, 1, 3])
     d1.download_button("Relabelled PNG", images.to_png_bytes(relabelled), f"{name}_{method}.png", "image/png",
                        key=f"png_{name}")
@@ -160,10 +173,10 @@ def show_result(result, original: np.ndarray, name: str) -> None:
 
 
 if status is not None and not status.finished:
-    live(status.id, run_key(selection.digest, target))
+    live(status.id, run_key(image_digest, target))
 elif status is not None and status.state == "done":
     result = status.result
-    show_result(result, view, selection.image_name)
+    show_result(result, view, image_name)
     before = ranking.top(5)
     after = handle.classify(images.to_tensor(result.image, device=handle.device))
     b1, b2 = st.columns(2)

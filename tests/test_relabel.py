@@ -153,3 +153,16 @@ def test_fit_under_cap_spends_the_budget_on_the_largest_gradients():
     assert R.distortion_rms(fitted, original) <= cap + 1e-15
     assert R._fit_under_cap(current, candidate, original, gradient, cap / 10, min_share=0) is None
     assert R._fit_under_cap(current, candidate, original, gradient, cap, min_share=0.5) is None
+
+
+def test_image_quality_numbers():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    same = R.image_quality(a, a)
+    assert same["distortion"] == 0 and same["linf_levels"] == 0 and same["psnr_db"] == float("inf")
+    assert same["ssim"] == pytest.approx(1.0)
+    b = np.clip(a.astype(int) + 2, 0, 255).astype(np.uint8)
+    q = R.image_quality(b, a)
+    mse = ((b.astype(float) - a) / 255) ** 2
+    assert q["linf_levels"] == 2 and q["psnr_db"] == pytest.approx(10 * math.log10(1 / mse.mean()))
+    assert 0.9 < q["ssim"] < 1.0

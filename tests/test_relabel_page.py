@@ -75,3 +75,13 @@ def test_an_unknown_class_in_the_link_offers_close_matches():
     at = open_page(image="chelsea", target="half trak")
     warnings = " ".join(w.value for w in at.warning)
     assert "no class called 'half trak'" in warnings and "Did you mean half track" in warnings
+
+
+def test_gaussian_image_synthesis():
+    at = open_page(target="1")
+    at.toggle(key="rl_gaussian").set_value(True).run()
+    next(n for n in at.number_input if n.label.startswith("Distortion cap")).set_value(0.05)
+    next(b for b in at.button if b.label == "Run").click().run()
+    finish(at)
+    assert any("Relabelled to **goldfish**" in s.value for s in at.success)
+    assert any("SSIM" in c.value for c in at.caption)
