@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs
-
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+from tests import apptest
 
 
 def open_page(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(query)
-    at.run()
-    at.switch_page("pages/relabel.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return apptest.open_page("pages/relabel.py", **query)
 
 
 def finish(at: AppTest) -> None:
-    for status in jobs.registry().list():
-        if not status.finished:
-            jobs.registry().wait(status.id, timeout=120)
+    apptest.wait_for_jobs()
     at.run()
     assert not at.exception, at.exception
 

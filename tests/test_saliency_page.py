@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 from engine import jobs, models
-
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+from tests import apptest
 
 
 def open_page(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.query_params.update(query)
-    at.run()
-    at.switch_page("pages/saliency.py")
-    at.run()
-    assert not at.exception, at.exception
-    return at
+    return apptest.open_page("pages/saliency.py", **query)
 
 
 def chart_titles(at: AppTest) -> list[str]:
@@ -30,10 +22,7 @@ def number(at: AppTest, label: str):
     return next(w for w in at.number_input if w.label == label)
 
 
-def wait_for_jobs() -> None:
-    for status in jobs.registry().list():
-        if not status.finished:
-            jobs.registry().wait(status.id, timeout=120)
+wait_for_jobs = apptest.wait_for_jobs
 
 
 def test_fast_methods_render_with_downloads_and_slow_ones_wait_for_run():
