@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
 from engine import cache, classify, images, jobs, plots
 from engine import relabel as R
@@ -111,12 +112,12 @@ status = jobs.registry().find(run_key(image_digest, target))
 
 # Fig. 1's swap: the partner photo is relabelled into this photo's class at the same time.
 swap = url_value("swap") == "1" and method == "relabel" and not gaussian
-partner_name = "chelsea" if selection.image_name != "chelsea" else "coffee"
-partner_bytes = images.sample_bytes(partner_name)
-partner_digest = images.image_digest(partner_bytes)
-partner_view = classify.model_view(handle, images.decode_image(partner_bytes))
 partner_status = None
-if swap:
+if swap:  # the partner photo is read and decoded only in swap mode, through the shared decode cache
+    partner_name = "chelsea" if selection.image_name != "chelsea" else "coffee"
+    partner_bytes = images.sample_bytes(partner_name)
+    partner_digest = images.image_digest(partner_bytes)
+    partner_view = classify.model_view(handle, Image.fromarray(cache.decoded_image(partner_digest, partner_bytes)))
     if run and not already:
         start(images.to_tensor(partner_view, device=handle.device), partner_digest, ranking.indices[0],
               f"{partner_name} → {handle.class_names[ranking.indices[0]]}")
