@@ -1,0 +1,225 @@
+"""Class inversion engine (issue 5): the five losses by brute force, masks, jitter, the loop's properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine import hooks, images
+from engine import inversion as I
+from engine.errors import ConfigError, ImageError
+
+
+def brute_tv(image: np.ndarray) -> float:
+    """The paper's sec. 2.2 definition, literally: per channel, flatten row-major and column-major."""
+    total = 0.0
+    for channel in image:
+        for flat in (channel.flatten(order="C"), channel.flatten(order="F")):
+            for i in range(len(flat) - 1):
+                total += abs(float(flat[i + 1]) - float(flat[i]))
+    return total
+
+
+def test_total_variation_is_the_papers_flattened_sum():
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 5, 7))
+    assert float(I.total_variation(torch.from_numpy(image)[None])) == pytest.approx(brute_tv(image), rel=1e-12)
+    # The flattening counts the jump from the end of a row to the start of the next one.
+    ramp = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).view(1, 1, 2, 2)
+    assert float(I.total_variation(ramp)) == pytest.approx(4.0)  # row-major 0,1,0,1 -> 3; column-major 0,0,1,1 -> 1
+    assert brute_tv(ramp[0].numpy()) == pytest.approx(float(I.total_variation(ramp)))
+
+
+def test_colour_term_counts_only_differences_above_30_percent():
+    original = torch.zeros(1, 3, 2, 2)
+    changed = original.clone()
+    changed[0, 0, 0, 0] = 0.29  # under the threshold: free
+    changed[0, 1, 0, 1] = 0.31  # over: counted
+    changed[0, 2, 1, 1] = -0.5  # over, either sign
+    expected = sum(d * d for d in (0.31, -0.5))
+    assert float(I.colour_similarity(changed, original)) == pytest.approx(expected, rel=1e-6)
+    rng = np.random.default_rng(1)
+    a, b = rng.random((1, 3, 4, 4)), rng.random((1, 3, 4, 4))
+    brute = sum((x - y) ** 2 for x, y in zip(a.ravel(), b.ravel()) if abs(x - y) > 0.3)
+    assert float(I.colour_similarity(torch.from_numpy(a), torch.from_numpy(b))) == pytest.approx(brute, rel=1e-12)
+
+
+def test_gram_matrix_and_style_loss_match_loops():
+    rng = np.random.default_rng(2)
+    f = rng.standard_normal((1, 3, 2, 4))
+    gram = I.gram_matrix(torch.from_numpy(f))[0].numpy()
+    for i in range(3):
+        for j in range(3):
+            assert gram[i, j] == pytest.approx(sum(f[0, i].ravel()[k] * f[0, j].ravel()[k] for k in range(8)))
+    g = rng.standard_normal((1, 3, 2, 4))
+    other = rng.standard_normal((1, 5, 3, 3))
+    target_f, target_o = I.gram_matrix(torch.from_numpy(g)), I.gram_matrix(torch.from_numpy(rng.standard_normal((1, 5, 3, 3))))
+    loss = float(I.style_loss([torch.from_numpy(f), torch.from_numpy(other)], [target_f, target_o]))
+    e1 = ((I.gram_matrix(torch.from_numpy(f)) - target_f) ** 2).sum().item() / (4 * 3 ** 2 * 8 ** 2)
+    e2 = ((I.gram_matrix(torch.from_numpy(other)) - target_o) ** 2).sum().item() / (4 * 5 ** 2 * 9 ** 2)
+    assert loss == pytest.approx((e1 + e2) / 2, rel=1e-12)
+    assert float(I.content_loss(torch.from_numpy(f), torch.from_numpy(g))) == pytest.approx(0.5 * ((f - g) ** 2).sum())
+
+
+def test_paper_weights_convert_exactly_for_the_pixel_terms():
+    """w_paper * TV(image in 0-255) equals w_here * TV(image in [0, 1]); the same for colour."""
+    rng = np.random.default_rng(3)
+    x, x0 = torch.from_numpy(rng.random((1, 3, 6, 6))), torch.from_numpy(rng.random((1, 3, 6, 6)))
+    ours = I.LossWeights.from_paper(0, 0, 2e-6, 3e-8)
+    assert 2e-6 * float(I.total_variation(x * 255)) == pytest.approx(ours.tv * float(I.total_variation(x)), rel=1e-9)
+    paper_colour = float(I.colour_similarity(x * 255, x0 * 255, threshold=0.3 * 255))
+    assert 3e-8 * paper_colour == pytest.approx(ours.colour * float(I.colour_similarity(x, x0)), rel=1e-9)
+    negative = I.LossWeights.from_paper(-6e-11, 1e-13, 0, 0)
+    assert negative.content < 0 < negative.style
+
+
+def test_masks_from_shapes_and_pixels():
+    ellipse = I.ellipse_mask(200, (0.0, 0.0, 1.0, 1.0))
+    assert ellipse.mean() == pytest.approx(math.pi / 4, abs=0.01)
+    rect = I.rectangle_mask(100, (0.1, 0.2, 0.5, 0.6))
+    assert rect.sum() == 40 * 40 and rect[20, 10] == 1 and rect[19, 10] == 0
+    drawing = np.zeros((50, 50, 4), np.uint8)
+    drawing[10:20, 30:40] = (255, 0, 0, 200)  # a painted patch on a transparent canvas
+    mask = I.mask_from_pixels(drawing, 100)
+    assert mask[30, 70] == 1 and mask[5, 5] == 0 and 300 <= mask.sum() <= 500
+    grey = np.zeros((10, 10), np.uint8)
+    grey[:, 5:] = 255
+    assert I.mask_from_pixels(grey, 10)[:, 5:].all() and not I.mask_from_pixels(grey, 10)[:, :5].any()
+    with pytest.raises(ConfigError, match="empty"):
+        I.mask_from_pixels(np.zeros((10, 10, 4), np.uint8), 10)
+    with pytest.raises(ConfigError, match="no area"):
+        I.rectangle_mask(10, (0.5, 0.5, 0.5, 0.9))
+    with pytest.raises(ImageError):
+        I.mask_from_pixels(np.zeros((2, 2, 2, 2)), 10)
+    with pytest.raises(ConfigError, match="must match"):
+        I.validate_mask(np.ones((5, 5)), 10)
+
+
+def test_jitter_shifts_and_restores():
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float64).view(2, 3, 5, 6)
+    shifted = I.jitter(x, (2, -3))
+    assert shifted[0, 0, 2, 0] == x[0, 0, 0, 3] and torch.equal(I.unjitter(shifted, (2, -3)), x)
+    generator = torch.Generator().manual_seed(0)
+    shifts = [I.random_shift(generator, 16) for _ in range(300)]
+    assert max(max(abs(a), abs(b)) for a, b in shifts) == 16 and len(set(shifts)) > 100
+    assert I.random_shift(generator, 0) == (0, 0)
+    # The gradient through the roll lands on the unshifted pixels: d/dx f(roll(x)) = unroll(f'(roll(x))).
+    weights = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    image = torch.randn(1, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    (gradient,) = torch.autograd.grad((I.jitter(image, (1, 2)) * weights).square().sum(), image)
+    expected = I.unjitter(2 * I.jitter(image.detach(), (1, 2)) * weights ** 2, (1, 2))
+    assert torch.allclose(gradient, expected)
+
+
+def tiny_image(tiny, seed=0):
+    """A smooth random photo stand-in: 8 x 8 noise blown up to the tiny net's 64 px."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 8, 8, generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=tiny.input_size, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("optimizer,jitter", [("lbfgs", 0), ("adam", 0), ("gd", 0), ("adam", 8)])
+def test_total_loss_goes_down_and_nothing_is_left_on_the_model(tiny, optimizer, jitter):
+    state = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    weights = I.LossWeights(content=1e-2, style=1e-1, tv=1e-3, colour=1.0)
+    config = I.InversionConfig(weights=weights, optimizer=optimizer, steps=25, jitter=jitter, require_change=False)
+    result = I.invert(tiny, tiny_image(tiny), 3, config)
+    assert result.outcome == "done" and len(result.total) == 26
+    assert result.total[-1] < result.total[0] - 0.1
+    if not jitter:  # without jitter each step sees the same function: (almost) every step goes down
+        assert np.mean(np.diff(result.total) <= 1e-6) >= 0.9
+    assert set(result.terms) == {"classification", "content", "style", "tv", "colour"}
+    assert hooks.count_hooks(tiny.model) == 0
+    assert all(torch.equal(v, state[k]) for k, v in tiny.model.state_dict().items())
+    assert result.image.dtype == np.uint8 and [s for s, _ in result.snapshots][0] == 0
+
+
+@pytest.mark.parametrize("optimizer,jitter", [("lbfgs", 0), ("adam", 8), ("gd", 4)])
+def test_pixels_outside_the_mask_stay_bit_for_bit(tiny, optimizer, jitter):
+    x = images.quantize(tiny_image(tiny, 1))
+    mask = I.ellipse_mask(tiny.input_size, (0.2, 0.2, 0.7, 0.8))
+    config = I.InversionConfig(weights=I.LossWeights(tv=1e-3, colour=1.0), optimizer=optimizer, steps=15,
+                               jitter=jitter, require_change=False)
+    result = I.invert(tiny, x, 5, config, mask=mask)
+    before, after = images.to_uint8(x), result.image
+    outside = mask == 0
+    assert np.array_equal(before[outside], after[outside])
+    assert (before[~outside] != after[~outside]).mean() > 0.2  # the inside did change
+
+
+def test_chelsea_becomes_a_tiger_with_the_default_budget(lite0, chelsea_tensor):
+    result = I.invert(lite0, chelsea_tensor, "tiger")
+    assert lite0.class_names[result.final_class] == "tiger", lite0.class_names[result.final_class]
+    assert result.total[-1] < result.total[0]
+    assert result.evaluations <= result.steps * 2 + 1  # about one pass per L-BFGS iteration
+    assert hooks.count_hooks(lite0.model) == 0
+
+
+def test_exploding_weights_stop_with_the_last_good_image(tiny):
+    x = tiny_image(tiny, 2)
+    config = I.InversionConfig(weights=I.LossWeights(content=-1e6), optimizer="adam", steps=50, lr=0.5,
+                               require_change=False)
+    result = I.invert(tiny, x, 1, config)
+    assert result.outcome == "diverged" and "exploded" in result.message
+    assert result.steps < 50 and np.isfinite(result.total).all()
+    nan = I.invert(tiny, x, 1, I.InversionConfig(weights=I.LossWeights(tv=float("nan")), require_change=False))
+    assert nan.outcome == "diverged" and "not a finite number" in nan.message
+    assert np.array_equal(nan.image, images.to_uint8(x))  # nothing good came after the start
+
+
+def test_bad_requests_are_sentences(tiny, lite0, chelsea_tensor):
+    x = tiny_image(tiny)
+    with pytest.raises(ConfigError, match="L-BFGS cannot take jitter"):
+        I.invert(tiny, x, 1, I.InversionConfig(jitter=16))
+    with pytest.raises(ConfigError, match="already calls this image a Egyptian cat"):
+        I.invert(lite0, chelsea_tensor, "Egyptian cat")
+    with pytest.raises(ConfigError, match="Unknown optimiser"):
+        I.invert(tiny, x, 1, I.InversionConfig(optimizer="sgd2", require_change=False))
+    with pytest.raises(ConfigError, match="no class called"):
+        I.invert(lite0, chelsea_tensor, "tigger")
+    with pytest.raises(ConfigError, match="empty"):
+        I.invert(tiny, x, 1, I.InversionConfig(require_change=False), mask=np.zeros((64, 64)))
+    with pytest.raises(ConfigError, match="model's"):
+        I.invert(tiny, torch.rand(1, 3, 32, 32), 1)
+
+
+def test_feature_inversion_reconstructs_from_noise(tiny):
+    x = tiny_image(tiny, 3)
+    result = I.invert_features(tiny, x, I.FeatureInversionConfig(steps=60, lr=0.05))
+    assert result.target is None and result.raw_terms["representation"][-1] < 0.3 * result.raw_terms["representation"][0]
+    assert np.array_equal(result.original, images.to_uint8(x))
+    assert hooks.count_hooks(tiny.model) == 0
+
+
+def test_start_from_noise_and_snapshots(tiny):
+    config = I.InversionConfig(start="noise", steps=12, snapshots=4, optimizer="adam")
+    result = I.invert(tiny, tiny_image(tiny), 2, config)
+    assert [step for step, _ in result.snapshots] == [0, 4, 8, 12]
+    assert not np.array_equal(result.original, images.to_uint8(tiny_image(tiny)))
+    rows = I.loss_log_rows(result)
+    assert len(rows) == 13 and {"step", "total", "classification", "target_prob", "top1"} <= set(rows[0])
+
+
+def test_cancel_stops_the_run(tiny):
+    from engine.errors import Cancelled
+
+    calls = []
+
+    def progress(fraction, message):
+        calls.append(fraction)
+        return len(calls) < 3
+
+    with pytest.raises(Cancelled):
+        I.invert(tiny, tiny_image(tiny), 1, I.InversionConfig(steps=30, require_change=False), progress=progress)
+    assert hooks.count_hooks(tiny.model) == 0
+
+
+def test_presets_build_configs_and_masks(lite0):
+    for preset in I.PRESETS.values():
+        config = preset.config(lite0)
+        assert (config.jitter == 0) == (config.optimizer == "lbfgs")
+        mask = I.preset_mask(preset, lite0.input_size)
+        assert (mask is None) == (preset.mask is None)
