@@ -49,6 +49,10 @@ PAGES: tuple[PageEntry, ...] = (
               "Which pixels made the model decide? Grad-CAM, Grad-CAM++, guided Grad-CAM, gradients, "
               "integrated gradients, occlusion and RISE side by side, two classes compared, and each map "
               "scored by deletion and insertion."),
+    PageEntry("pages/inversion.py", "Class inversion", ":material/auto_fix_high:", "inversion",
+              "Change the photo until the model strongly calls it another class, with content, style, TV and "
+              "colour losses, masks and jitter so the change means something (Anosheh et al.), and rebuild an "
+              "image from one layer's features (Mahendran & Vedaldi)."),
 )
 
 

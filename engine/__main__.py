@@ -3,6 +3,9 @@
     python -m engine classify IMAGE [--model NAME] [--top K] [--json]
     python -m engine saliency IMAGE --method gradcam|gradcampp|guided|gradient|ig|occlusion|rise
                               [--class ID] [--layer NAME] [--model NAME] --out DIR
+    python -m engine relabel IMAGE --target ID|NAME [--method relabel|fgsm|pgd|leastlikely] --out DIR
+    python -m engine invert IMAGE --target ID|NAME [--preset NAME] [--weights c,s,tv,col] [--mask PNG]
+                            [--jitter 16] [--optimizer lbfgs|adam|gd] [--features LAYER] --out DIR
     python -m engine models
 
 IMAGE is a file path or the name of a bundled sample (chelsea, coffee, ...). Later demo issues add
@@ -17,6 +20,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from . import classify, images, models
 from .errors import GlassboxError, ImageError
@@ -140,10 +145,82 @@ def cmd_relabel_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_invert(args: argparse.Namespace) -> int:
+    from . import inversion
+    from .jobs import tqdm_progress
+
+    handle = models.load_model(args.model)
+    view = classify.model_view(handle, read_image(args.image))
+    x = images.to_tensor(view, device=handle.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(args.image).stem
+    mask = None
+    if args.features:
+        config = inversion.FeatureInversionConfig(layer=args.features, steps=args.steps or 200, jitter=args.jitter or 0)
+        with tqdm_progress("feature inversion") as progress:
+            result = inversion.invert_features(handle, x, config, progress=progress)
+        stem += f"_features_{args.features}"
+    else:
+        preset = inversion.PRESETS.get(args.preset) if args.preset else None
+        if args.preset and preset is None:
+            raise GlassboxError(f"No preset called '{args.preset}'; try one of {', '.join(inversion.PRESETS)}.")
+        target = args.target if args.target is not None else (preset.target if preset else None)
+        if target is None:
+            raise GlassboxError("Class inversion needs a --target class (an id or a name such as 'tiger') or a --preset.")
+        changes = {}
+        if args.weights:
+            changes["weights"] = inversion.LossWeights.from_paper(*parse_weights(args.weights), std=handle.spec.std)
+        for name in ("jitter", "optimizer", "steps", "start"):
+            if getattr(args, name) is not None:
+                changes[name] = getattr(args, name)
+        if "jitter" in changes and changes["jitter"] and "optimizer" not in changes:
+            changes["optimizer"] = "adam"  # L-BFGS cannot take jitter
+        config = preset.config(handle, **changes) if preset else inversion.InversionConfig(**changes)
+        if args.mask:
+            mask = inversion.mask_from_pixels(np.asarray(read_image(args.mask).convert("L")), handle.input_size)
+        elif preset is not None:
+            mask = inversion.preset_mask(preset, handle.input_size)
+        with tqdm_progress("inversion") as progress:
+            result = inversion.invert(handle, x, target, config, mask=mask, progress=progress)
+        stem += f"_{handle.class_names[result.target].replace(' ', '_')}"
+    (out / f"{stem}.png").write_bytes(images.to_png_bytes(result.image))
+    for step, pixels in result.snapshots:
+        (out / f"{stem}_step{step:04d}.png").write_bytes(images.to_png_bytes(pixels))
+    (out / f"{stem}_losses.csv").write_text(inversion.loss_log_csv(result))
+    record = inversion.manifest(result, handle, image_name=args.image, preset=args.preset,
+                                mask_pixels=None if mask is None else int(mask.sum()))
+    (out / f"{stem}_manifest.json").write_text(json.dumps(record, indent=2))
+    final = handle.class_names[result.final_class]
+    detail = "" if result.target is None else f", p({handle.class_names[result.target]}) = {record['final_target_prob']:.3f}"
+    print(f"{result.outcome} after {result.steps} steps ({result.evaluations} forward+backward passes): "
+          f"top-1 is {final}{detail}; wrote {out / (stem + '.png')} and {len(result.snapshots)} snapshots")
+    if result.message:
+        print(result.message)
+    return 0
+
+
+def parse_weights(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise GlassboxError("--weights takes four numbers, content,style,tv,colour, as the paper prints them "
+                            "(for example 1e-10,1e-7,1e-9,1e-8).")
+    return values
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     for spec in models.list_models(include_test=True):
         print(f"{spec.name:<22} {spec.label}  — {spec.note}")
     return 0
+
+
+def _preset_names() -> list[str]:
+    from .inversion import PRESETS
+
+    return list(PRESETS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_relabel_sweep)
+    p = commands.add_parser("invert", help="class inversion (Anosheh et al.): change an image until it is the target class")
+    p.add_argument("image", help="image file, or a sample name such as chelsea")
+    p.add_argument("--target", help="class id or name, e.g. tiger (a --preset brings its own)")
+    p.add_argument("--preset", help="a row of the paper's results: " + ", ".join(_preset_names()))
+    p.add_argument("--weights", help="content,style,tv,colour in the paper's (Caffe) units; converted, see LossWeights.from_paper")
+    p.add_argument("--mask", help="PNG whose white area may change (sec. 2.3)")
+    p.add_argument("--jitter", type=int, help="random shift in pixels before each step (the paper: 16); uses Adam")
+    p.add_argument("--optimizer", choices=["lbfgs", "adam", "gd"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--start", choices=["image", "noise"], help="noise: sec. 6's start from random noise")
+    p.add_argument("--features", metavar="LAYER", help="feature inversion instead (Mahendran & Vedaldi): rebuild from this layer")
+    p.add_argument("--model", default=models.DEFAULT_MODEL)
+    p.add_argument("--out", required=True, help="folder for the final PNG, the snapshots, the loss log and the manifest")
+    p.set_defaults(run=cmd_invert)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     return parser

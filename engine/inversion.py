@@ -763,3 +763,31 @@ def loss_log_rows(result: InversionResult) -> list[dict]:
         rows.append(row)
     return rows
 
+
+
+def loss_log_csv(result: InversionResult) -> str:
+    """The per-step record as CSV text (the download and the CLI's loss log)."""
+    rows = loss_log_rows(result)
+    columns = list(rows[0]) if rows else ["step"]
+    lines = [",".join(columns)]
+    lines += [",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in columns) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def manifest(result: InversionResult, handle: ModelHandle, *, image_name: str, preset: str | None = None,
+             mask_pixels: int | None = None) -> dict:
+    """What was run and what came out, for the JSON download and the CLI."""
+    top = np.argsort(result.final_probs)[::-1][:5]
+    name = (lambda i: None if i is None else {"id": int(i), "name": handle.class_names[int(i)]})
+    return {
+        "glassbox": "inversion" if result.target is not None else "feature-inversion",
+        "paper": "Anosheh, Kapadia & Rulison, Image Transformation via Neural Network Inversion",
+        "image": image_name, "model": handle.name, "preset": preset, "target": name(result.target),
+        "original_top1": name(result.original_class), "final_top1": name(result.final_class),
+        "final_target_prob": None if result.target is None else float(result.final_probs[result.target]),
+        "final_top5": [{**name(i), "prob": float(result.final_probs[i])} for i in top],
+        "outcome": result.outcome, "message": result.message, "steps": result.steps,
+        "forward_backward_passes": result.evaluations, "mask_pixels": mask_pixels,
+        "snapshot_steps": [step for step, _ in result.snapshots], "config": result.config,
+        "weights_note": "weights are in this app's units (LossWeights.from_paper converts the paper's Caffe numbers)",
+    }

@@ -175,3 +175,36 @@ def relabel_steps_figure(target_prob, original_prob, distortion, *, target_label
     figure.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
                          legend=dict(orientation="h", y=1.15))
     return figure
+
+
+TERM_COLOURS = {"total": "#222", "classification": ACCENT, "content": "#e4572e", "style": "#76b041", "tv": "#9c4dcc",
+                "colour": "#f0a202", "representation": ACCENT, "alpha_norm": "#e4572e", "tv_beta": "#9c4dcc"}
+
+
+def inversion_loss_figure(terms: dict[str, "np.ndarray"], total, *, target_prob=None, target_label: str = "",
+                          log: bool = False) -> go.Figure:
+    """Each weighted loss term per step (as it enters the total), the total, and p(target) on the right."""
+    from plotly.subplots import make_subplots
+
+    steps = list(range(len(total)))
+    figure = make_subplots(specs=[[{"secondary_y": True}]])
+    figure.add_trace(go.Scatter(x=steps, y=list(total), name="total", line=dict(color=TERM_COLOURS["total"], width=3)))
+    for name, values in terms.items():
+        figure.add_trace(go.Scatter(x=steps, y=list(values), name=name, line=dict(color=TERM_COLOURS.get(name), width=2)))
+    has_prob = target_prob is not None and np.isfinite(np.asarray(target_prob, float)).any()
+    if has_prob:
+        figure.add_trace(go.Scatter(x=steps, y=list(target_prob), name=f"p({target_label})",
+                                    line=dict(color="#888", dash="dot")), secondary_y=True)
+        figure.update_yaxes(title="probability", range=[0, 1.02], dtick=0.2, secondary_y=True, showgrid=False)
+    figure.update_xaxes(title="step")
+    figure.update_yaxes(title="weighted loss" + (" (log)" if log else ""), type="log" if log else "linear",
+                        secondary_y=False)
+    figure.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), plot_bgcolor="white",
+                         legend=dict(orientation="h", y=1.15))
+    return figure
+
+
+def mask_preview(image: "np.ndarray", mask: "np.ndarray") -> "np.ndarray":
+    """The image with the area outside the mask dimmed: what may change stays bright."""
+    dim = (image.astype(np.float32) * 0.35 + 255 * 0.1).astype(np.uint8)
+    return np.where(mask[..., None] > 0, image, dim)

@@ -9,6 +9,8 @@ from tests.browser import chromium_page, screenshot, streamlit_server, wait_for_
 
 pytestmark = pytest.mark.browser
 
+NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion"]
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -31,7 +33,7 @@ def test_deep_link_first_then_upload_and_bad_file(server, tmp_path):
         # The very first request on a fresh server is a deep link to a page.
         page.goto(f"{server}/classify?image=coffee")
         wait_for_app(page, "Top-5 classes")
-        assert sidebar_nav_labels(page) == ["Home", "Classify", "Relabel", "Saliency"]  # the router's navigation, not the legacy one
+        assert sidebar_nav_labels(page) == NAV  # the router's navigation, not the legacy one
         page.locator(".js-plotly-plot").first.wait_for()
         page.get_by_text("espresso").first.wait_for()
         assert page.get_by_text("Runs on").first.is_visible()
@@ -59,7 +61,7 @@ def test_home_page_and_navigation(server):
     with chromium_page() as page:
         page.goto(server)
         wait_for_app(page, "See inside an image classifier")
-        assert sidebar_nav_labels(page) == ["Home", "Classify", "Relabel", "Saliency"]
+        assert sidebar_nav_labels(page) == NAV
         screenshot(page, "home")
         page.locator('[data-testid="stMain"]').get_by_text("Classify").first.click()
         wait_for_app(page, "Top-5 classes")
@@ -96,3 +98,31 @@ def test_relabel_page_turns_the_cat_into_a_half_track(server):
         assert page.get_by_text("relabelled · half track").count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "relabel-half-track")
+
+
+def test_inversion_page_paints_a_mask_and_runs(server):
+    with chromium_page() as page:
+        page.goto(f"{server}/inversion?image=chelsea&target=292")
+        wait_for_app(page, "Change this image into a:")
+        page.get_by_text("Paint it").click()
+        canvas = page.locator("canvas.upper-canvas").first
+        canvas.wait_for()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"])
+        page.mouse.down()
+        for i in range(12):  # a zigzag over the cat's face
+            page.mouse.move(box["x"] + (0.3 + 0.4 * (i % 2)) * box["width"], box["y"] + (0.3 + 0.035 * i) * box["height"],
+                            steps=4)
+        page.mouse.up()
+        wait_for_app(page)
+        steps = page.get_by_label("Steps")
+        steps.fill("12")
+        steps.press("Enter")
+        wait_for_app(page)
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("After 12 steps").first.wait_for(timeout=120_000)
+        wait_for_app(page)
+        assert page.get_by_text("Snapshots: step").count()
+        assert not page.get_by_text("The mask is empty").count()
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "inversion-painted-mask")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from engine import images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +77,30 @@ def test_relabel_writes_a_png_that_classifies_as_the_target(tmp_path):
     assert missing.returncode == 2 and "needs a --target" in missing.stderr
     pgd = run_cli("relabel", "chelsea", "--method", "pgd", "--epsilon", "2", "--out", str(tmp_path))
     assert pgd.returncode == 0 and (tmp_path / "chelsea_pgd.png").exists()
+
+
+def test_invert_writes_image_snapshots_loss_log_and_manifest(tmp_path):
+    from PIL import Image
+
+    mask = tmp_path / "face.png"
+    pixels = np.zeros((100, 100), np.uint8)
+    pixels[20:80, 25:75] = 255
+    Image.fromarray(pixels).save(mask)
+    result = run_cli("invert", "chelsea", "--target", "tiger", "--weights", "1e-10,1e-7,1e-9,1e-8", "--mask", str(mask),
+                     "--steps", "12", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    manifest = json.loads((out / "chelsea_tiger_manifest.json").read_text())
+    assert manifest["target"] == {"id": 292, "name": "tiger"} and manifest["steps"] == 12
+    assert manifest["mask_pixels"] == 134 * 112  # 60 % x 50 % of 224 x 224
+    log = (out / "chelsea_tiger_losses.csv").read_text().splitlines()
+    assert log[0].startswith("step,total,classification,content,style,tv,colour") and len(log) == 14
+    totals = [float(line.split(",")[1]) for line in log[1:]]
+    assert totals[-1] < totals[0]
+    snapshots = sorted(out.glob("chelsea_tiger_step*.png"))
+    assert len(snapshots) == 8 and snapshots[0].name == "chelsea_tiger_step0000.png"
+    final = np.asarray(Image.open(out / "chelsea_tiger.png"))
+    original = np.asarray(Image.open(snapshots[0]))
+    assert final.shape == (224, 224, 3) and np.array_equal(final[:30], original[:30])  # above the mask: untouched
+    bad = run_cli("invert", "chelsea", "--target", "tiger", "--optimizer", "lbfgs", "--jitter", "16", "--out", str(out))
+    assert bad.returncode == 2 and "L-BFGS cannot take jitter" in bad.stderr
