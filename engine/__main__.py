@@ -171,6 +171,8 @@ def cmd_invert(args: argparse.Namespace) -> int:
         changes = {}
         if args.weights:
             changes["weights"] = inversion.LossWeights.from_paper(*parse_weights(args.weights), std=handle.spec.std)
+        if args.snapshots:
+            changes["snapshots"] = parse_snapshots(args.snapshots)
         for name in ("jitter", "optimizer", "steps", "start"):
             if getattr(args, name) is not None:
                 changes[name] = getattr(args, name)
@@ -198,6 +200,14 @@ def cmd_invert(args: argparse.Namespace) -> int:
     if result.message:
         print(result.message)
     return 0
+
+
+def parse_snapshots(text: str) -> int | tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise GlassboxError("--snapshots takes a count (8) or the steps to keep (0,10,20).") from None
+    return values[0] if len(values) == 1 else values
 
 
 def parse_weights(text: str) -> tuple[float, float, float, float]:
@@ -269,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["lbfgs", "adam", "gd"])
     p.add_argument("--steps", type=int)
     p.add_argument("--start", choices=["image", "noise"], help="noise: sec. 6's start from random noise")
+    p.add_argument("--snapshots", help="how many images to keep (default 8), or the steps to keep, e.g. 0,5,10,20")
     p.add_argument("--features", metavar="LAYER", help="feature inversion instead (Mahendran & Vedaldi): rebuild from this layer")
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.add_argument("--out", required=True, help="folder for the final PNG, the snapshots, the loss log and the manifest")

@@ -55,7 +55,9 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     same over the column-major flattening. ``x`` is (N, C, H, W); the result sums every image."""
     rows = x.flatten(2)
     columns = x.transpose(2, 3).flatten(2)
-    return rows.diff(dim=2).abs().sum() + columns.diff(dim=2).abs().sum()
+    # l1_loss(a[1:], a[:-1]) is sum |a_{i+1} - a_i| as one fused operation (forward and backward).
+    return (F.l1_loss(rows[..., 1:], rows[..., :-1], reduction="sum")
+            + F.l1_loss(columns[..., 1:], columns[..., :-1], reduction="sum"))
 
 
 def colour_similarity(x: torch.Tensor, original: torch.Tensor, threshold: float = 0.3) -> torch.Tensor:
@@ -75,13 +77,13 @@ def style_loss(features: list[torch.Tensor], target_grams: list[torch.Tensor]) -
     total = features[0].new_zeros(())
     for feature, target in zip(features, target_grams):
         channels, positions = feature.shape[1], feature.shape[2] * feature.shape[3]
-        total = total + (gram_matrix(feature) - target).square().sum() / (4 * channels ** 2 * positions ** 2)
+        total = total + F.mse_loss(gram_matrix(feature), target, reduction="sum") / (4 * channels ** 2 * positions ** 2)
     return total / len(features)
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Gatys eq. 1: 1/2 * sum (F - P)^2."""
-    return 0.5 * (features - target).square().sum()
+    return 0.5 * F.mse_loss(features, target, reduction="sum")
 
 
 # Mahendran & Vedaldi (2015), sec. 2 and 3: normalised representation loss and two image priors.
@@ -272,6 +274,7 @@ class Objective:
     """Named terms of one image; ``evaluate`` returns (weighted terms, raw terms, logits)."""
 
     layers: tuple[str, ...] = ()
+    setup_forwards = 0  # forward passes spent on the original before the loop
 
     def evaluate(self, handle: ModelHandle, x: torch.Tensor, shift: tuple[int, int] = (0, 0)
                  ) -> tuple[dict, dict, torch.Tensor]:
@@ -319,6 +322,7 @@ class ClassObjective(Objective):
         self.layers = tuple(dict.fromkeys(([self.content_layer] if self.content_layer else []) + list(self.style_layers)))
         self.content_target, self.style_targets = None, []
         if self.layers:  # the original's features, once
+            self.setup_forwards = 1
             with torch.no_grad(), capture(handle, self.layers) as features:
                 handle.logits(original)
             if self.content_layer:
@@ -348,6 +352,7 @@ class FeatureObjective(Objective):
     def __init__(self, handle: ModelHandle, original: torch.Tensor, layer: str, *, alpha_weight: float, tv_weight: float):
         self.layers = (layer,)
         self.alpha_weight, self.tv_weight = alpha_weight, tv_weight
+        self.setup_forwards = 1
         with torch.no_grad(), capture(handle, self.layers) as features:
             handle.logits(original)
         self.target_features = features[layer].detach().clone()
@@ -383,7 +388,7 @@ class InversionConfig:
     content_layer: str | None = None  # None: default_layers(handle)
     style_layers: tuple[str, ...] | None = None
     colour_threshold: float = 0.3
-    snapshots: int = 8  # images kept, evenly spaced over the run (the first and last included)
+    snapshots: int | tuple[int, ...] = 8  # how many images to keep, evenly spaced (ends included), or which steps
     require_change: bool = True  # refuse a target the image already has as top-1
     divergence: float = 1e4  # stop when |total| grows past this times its start (or is not finite)
 
@@ -431,6 +436,7 @@ class InversionResult:
     snapshots: tuple[tuple[int, np.ndarray], ...]
     final_probs: np.ndarray  # every class, at the end
     evaluations: int  # forward+backward passes the run needed
+    forward_passes: int  # forwards without a backward: the original's features, the end record
     config: dict
 
     @property
@@ -468,10 +474,6 @@ def invert(handle: ModelHandle, x: torch.Tensor, target: int | str, config: Inve
         raise ConfigError("L-BFGS cannot take jitter (the paper found the same, sec. 4): its line search needs "
                           "the same function at every try. Use Adam or gradient descent with jitter.")
     original = start_image(x.to(handle.device, torch.float32), config.start, config.seed)
-    before = handle.classify(original, top_k=1)
-    if config.require_change and config.start == "image" and before.indices[0] == target:
-        raise ConfigError(f"The model already calls this image a {handle.class_names[target]}: "
-                          "pick another class to change it into.")
     content_default, style_default = default_layers(handle)
     objective = ClassObjective(
         handle, original, target, config.weights,
@@ -481,7 +483,7 @@ def invert(handle: ModelHandle, x: torch.Tensor, target: int | str, config: Inve
     return optimise(handle, original, objective, target=target, optimizer=config.optimizer, steps=config.steps,
                     lr=config.learning_rate(), jitter_limit=config.jitter, seed=config.seed, snapshots=config.snapshots,
                     divergence=config.divergence, mask=mask, config=config.as_dict(), progress=progress,
-                    observer=observer)
+                    observer=observer, refuse_top1=config.require_change and config.start == "image")
 
 
 def invert_features(handle: ModelHandle, x: torch.Tensor, config: FeatureInversionConfig = FeatureInversionConfig(), *,
@@ -507,11 +509,14 @@ def _check_image(x: torch.Tensor, handle: ModelHandle) -> None:
         raise ConfigError(f"The image must be the model's {handle.input_size} x {handle.input_size} view.")
 
 
-def snapshot_steps(steps: int, count: int) -> set[int]:
-    """``count`` steps evenly spread over 0..steps, both ends included."""
-    if count <= 1 or steps == 0:
+def snapshot_steps(steps: int, chosen: int | tuple[int, ...]) -> set[int]:
+    """The steps whose image is kept: ``chosen`` evenly spread over 0..steps (both ends included),
+    or the listed steps (those past the end are dropped; the final image is always kept)."""
+    if not isinstance(chosen, int):
+        return {int(s) for s in chosen if 0 <= int(s) <= steps} | {steps}
+    if chosen <= 1 or steps == 0:
         return {steps}
-    return {int(round(i * steps / (count - 1))) for i in range(count)}
+    return {int(round(i * steps / (chosen - 1))) for i in range(chosen)}
 
 
 class _Evaluator:
@@ -522,8 +527,9 @@ class _Evaluator:
     """
 
     def __init__(self, handle: ModelHandle, objective: Objective, image: torch.Tensor, mask: torch.Tensor | None,
-                 jitter_limit: int, generator: torch.Generator, normalise: bool):
+                 jitter_limit: int, generator: torch.Generator, normalise: bool, use_cache: bool):
         self.handle, self.objective, self.image, self.mask = handle, objective, image, mask
+        self.use_cache = use_cache
         self.jitter_limit, self.generator, self.normalise = jitter_limit, generator, normalise
         self.passes = 0
         self.cached: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # point, loss, grad
@@ -533,11 +539,13 @@ class _Evaluator:
         # The network sees the pixels clamped to [0, 1], so a line search's trial points are images
         # too; after each update the loop projects the pixels themselves, which leaves this view
         # (and so the cache key) unchanged.
-        with torch.no_grad():
-            view = self.image.clamp(0.0, 1.0)
-        if self.cached is not None and torch.equal(self.cached[0], view):
-            self.image.grad = self.cached[2].clone()
-            return self.cached[1]
+        view = None
+        if self.use_cache:
+            with torch.no_grad():
+                view = self.image.clamp(0.0, 1.0)
+            if self.cached is not None and torch.equal(self.cached[0], view):
+                self.image.grad = self.cached[2].clone()
+                return self.cached[1]
         shift = random_shift(self.generator, self.jitter_limit)
         with torch.enable_grad():
             weighted, raw, logits = self.objective.evaluate(self.handle, self.image.clamp(0.0, 1.0), shift)
@@ -551,16 +559,17 @@ class _Evaluator:
             gradient = gradient / inside.clamp_min(1e-12)
         self.image.grad = gradient
         loss = total.detach()
-        self.cached = (view, loss, gradient.detach().clone())
+        if self.use_cache:
+            self.cached = (view, loss, gradient.detach().clone())
         self.last = ({k: float(v.detach()) for k, v in weighted.items()}, {k: float(v.detach()) for k, v in raw.items()},
                      logits.detach().softmax(1)[0])
         return loss
 
 
 def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, target: int | None, optimizer: str,
-             steps: int, lr: float, jitter_limit: int, seed: int, snapshots: int, divergence: float,
+             steps: int, lr: float, jitter_limit: int, seed: int, snapshots: int | tuple[int, ...], divergence: float,
              mask: np.ndarray | None, config: dict, progress: Progress | None = None, observer: list | None = None,
-             reference: torch.Tensor | None = None) -> InversionResult:
+             reference: torch.Tensor | None = None, refuse_top1: bool = False) -> InversionResult:
     """The loop: ``steps`` updates of the pixels in [0, 1], recording each term before each update.
 
     After every update the pixels are projected back into [0, 1]. A non-finite or exploding total
@@ -577,7 +586,8 @@ def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, 
     image = start.detach().clone().to(handle.device).requires_grad_(True)
     original_pixels = to_uint8(reference if reference is not None else start)
     evaluator = _Evaluator(handle, objective, image, mask_tensor, jitter_limit,
-                           torch.Generator().manual_seed(seed), normalise=optimizer == "gd")
+                           torch.Generator().manual_seed(seed), normalise=optimizer == "gd",
+                           use_cache=optimizer == "lbfgs")
     opt = _make_optimizer(optimizer, image, lr)
     keep = snapshot_steps(steps, snapshots)
     records: dict[str, list] = {"total": [], "target": [], "top1": []}
@@ -586,14 +596,15 @@ def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, 
     shots: list[tuple[int, np.ndarray]] = []
     last_good = image.detach().clone()
     outcome, message, step, first_total, stalls = "done", "", 0, None, 0
+    probs, forwards = None, objective.setup_forwards
     original_class = None
     try:
         for step in range(steps + 1):
             final = step == steps
             if final:  # the end point: one forward, no jitter, no backward
                 weighted, raw, probs = _measure(handle, objective, image)
+                forwards += 1
             else:
-                evaluator.cached = evaluator.cached if optimizer == "lbfgs" else None
                 evaluator()
                 weighted, raw, probs = evaluator.last
             total = float(sum(weighted.values()))
@@ -602,7 +613,11 @@ def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, 
                 raise Diverged(f"the loss {'is not a finite number' if not math.isfinite(total) else 'exploded'} "
                                f"at step {step}")
             last_good = image.detach().clone()
-            original_class = int(probs.argmax()) if original_class is None else original_class
+            if original_class is None:
+                original_class = int(probs.argmax())
+                if refuse_top1 and original_class == target:  # known from the first pass, no extra forward
+                    raise ConfigError(f"The model already calls this image a {handle.class_names[target]}: "
+                                      "pick another class to change it into.")
             _append(records, terms, raw_terms, total, weighted, raw, probs, target)
             if step in keep:
                 shots.append((step, to_uint8(image.detach())))
@@ -625,6 +640,7 @@ def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, 
                 opt.state.clear()  # restart from a clean history
                 if stalls == 2:
                     weighted, raw, probs = _measure(handle, objective, image)
+                    forwards += 1
                     _append(records, terms, raw_terms, float(sum(weighted.values())), weighted, raw, probs, target)
                     step += 1
                     shots.append((step, to_uint8(image.detach())))
@@ -645,7 +661,14 @@ def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, 
             shots.append((step, to_uint8(image.detach())))
     final_image = to_uint8(image.detach())
     with torch.no_grad():
-        final_probs = handle.logits(image.detach()).softmax(1)[0].cpu().numpy()
+        if outcome == "diverged" or probs is None:  # the restored image was measured before its step
+            final_probs = handle.logits(image.detach()).softmax(1)[0].cpu().numpy()
+            forwards += 1
+        else:  # the end record's forward already classified this image
+            final_probs = probs.detach().cpu().numpy()
+        if reference is not None:  # feature inversion: "before" is the photo, not the starting noise
+            original_class = int(handle.logits(reference).argmax())
+            forwards += 1
     report(progress, 1.0, message or "done")
     return InversionResult(
         image=final_image, original=original_pixels, target=target,
@@ -653,7 +676,8 @@ def optimise(handle: ModelHandle, start: torch.Tensor, objective: Objective, *, 
         final_class=int(final_probs.argmax()), outcome=outcome, message=message, steps=step,
         terms={k: np.array(v) for k, v in terms.items()}, raw_terms={k: np.array(v) for k, v in raw_terms.items()},
         total=np.array(records["total"]), target_prob=np.array(records["target"]), top1=np.array(records["top1"]),
-        snapshots=tuple(shots), final_probs=final_probs, evaluations=evaluator.passes, config=config)
+        snapshots=tuple(shots), final_probs=final_probs, evaluations=evaluator.passes, forward_passes=forwards,
+        config=config)
 
 
 def _append(records, terms, raw_terms, total, weighted, raw, probs, target) -> None:

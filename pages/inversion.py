@@ -165,11 +165,14 @@ def show_result(result: I.InversionResult, *, name: str, stem: str, key: str, pr
                 mask: np.ndarray | None) -> None:
     target_label = handle.class_names[result.target] if result.target is not None else None
     show_outcome(result, target_label)
+    rebuilt = result.target is None  # feature inversion: the run starts from noise and aims at the photo
     c1, c2, c3 = st.columns(3)
-    c1.image(result.original, caption=f"before · {handle.class_names[result.original_class]}", width="stretch")
-    c2.image(result.image, caption=f"after {result.steps} steps · {handle.class_names[result.final_class]}", width="stretch")
+    c1.image(result.original, caption=f"{'the photo' if rebuilt else 'before'} · {handle.class_names[result.original_class]}",
+             width="stretch")
+    c2.image(result.image, width="stretch", caption=f"{'rebuilt' if rebuilt else 'after'} in {result.steps} steps · "
+                                                    f"{handle.class_names[result.final_class]}")
     c3.image(difference_image(result.image, result.original, gain=4.0), width="stretch",
-             caption="the change × 4, around mid-grey")
+             caption=f"{'rebuilt minus the photo' if rebuilt else 'the change'} × 4, around mid-grey")
     if result.target is not None:
         after = handle.classify(images.to_tensor(result.image, device=handle.device))
         b1, b2 = st.columns(2)
@@ -187,7 +190,7 @@ def show_result(result: I.InversionResult, *, name: str, stem: str, key: str, pr
         s1, s2, s3 = st.columns(3)
         s1.image(dict(result.snapshots)[chosen], caption=f"step {chosen}", width="stretch")
         s2.image(difference_image(dict(result.snapshots)[chosen], result.original, gain=4.0), width="stretch",
-                 caption=f"change from the start at step {chosen} × 4")
+                 caption=f"{'minus the photo' if rebuilt else 'change from the start'} at step {chosen} × 4")
         at = min(chosen, len(result.total) - 1)
         if result.target is not None:
             s3.metric(f"p({target_label}) at step {chosen}", f"{result.target_prob[at]:.3f}")

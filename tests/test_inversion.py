@@ -199,6 +199,9 @@ def test_start_from_noise_and_snapshots(tiny):
     result = I.invert(tiny, tiny_image(tiny), 2, config)
     assert [step for step, _ in result.snapshots] == [0, 4, 8, 12]
     assert not np.array_equal(result.original, images.to_uint8(tiny_image(tiny)))
+    chosen = I.invert(tiny, tiny_image(tiny), 2, I.InversionConfig(steps=12, snapshots=(3, 5, 99), optimizer="adam",
+                                                                    require_change=False))
+    assert [step for step, _ in chosen.snapshots] == [3, 5, 12]
     rows = I.loss_log_rows(result)
     assert len(rows) == 13 and {"step", "total", "classification", "target_prob", "top1"} <= set(rows[0])
 
