@@ -337,11 +337,16 @@ try:
                                width=size * 2 if size <= 160 else size, drawing_mode="freedraw", return_image_data=True,
                                key=f"inv_canvas_{selection.digest[:8]}")
             painted = canvas.image_data
+            if st.session_state.get("inv_painted_for", selection.digest) != selection.digest:
+                st.session_state.pop("inv_painted_mask", None)  # a new image starts with a clean canvas
             if painted is not None and painted[..., 3].any():
                 st.session_state["inv_painted_mask"] = I.mask_from_pixels(painted, size)
+                st.session_state["inv_painted_for"] = selection.digest
         mask = st.session_state.get("inv_painted_mask")
         if mask is None:
             raise GlassboxError("The mask is empty: paint over the area that may change, then press Run.")
+        if mask.shape != (size, size):  # painted for a model with another input size
+            mask = I.mask_from_pixels((np.asarray(mask) * 255).astype(np.uint8), size)
         mask = I.validate_mask(mask, size)
 except GlassboxError as error:
     mask, mask_error = None, str(error)

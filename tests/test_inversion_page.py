@@ -95,3 +95,15 @@ def test_feature_inversion_mode():
     assert result.target is None and result.steps == 20
     assert np.array_equal(result.original, np.asarray(images.fit_square(images.load_sample("coffee"), 224)))
     assert [b.proto.label for b in at.get("download_button")][0] == "Final PNG"
+
+
+def test_a_mask_painted_at_another_size_follows_the_model():
+    at = open_page(image="coffee", model="tiny_test_cnn", target="3")
+    at.session_state["inv_mask_kind"] = "paint"
+    at.session_state["inv_painted_mask"] = I.rectangle_mask(224, (0.0, 0.0, 0.5, 1.0))
+    at.session_state["inv_steps"] = 5
+    at.run()
+    assert not at.error, [e.value for e in at.error]
+    run(at)
+    result = latest_result("coffee → class 3")
+    assert np.array_equal(result.image[:, 32:], result.original[:, 32:])  # the right half of 64 px is outside
