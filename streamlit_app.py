@@ -53,6 +53,10 @@ PAGES: tuple[PageEntry, ...] = (
               "Change the photo until the model strongly calls it another class, with content, style, TV and "
               "colour losses, masks and jitter so the change means something (Anosheh et al.), and rebuild an "
               "image from one layer's features (Mahendran & Vedaldi)."),
+    PageEntry("pages/dissection.py", "Dissection", ":material/grid_view:", "dissection",
+              "Which units of a layer detect which concepts? Network Dissection's IoU between each unit's "
+              "strongest activations and concept masks, on a bundled set of colours, textures and shapes "
+              "or your own Broden-format data."),
 )
 
 

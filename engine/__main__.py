@@ -6,6 +6,7 @@
     python -m engine relabel IMAGE --target ID|NAME [--method relabel|fgsm|pgd|leastlikely] --out DIR
     python -m engine invert IMAGE --target ID|NAME [--preset NAME] [--weights c,s,tv,col] [--mask PNG]
                             [--jitter 16] [--optimizer lbfgs|adam|gd] [--features LAYER] --out DIR
+    python -m engine dissect --model M --layer L --concepts bundled|PATH [--n 2000] --out DIR
     python -m engine models
 
 IMAGE is a file path or the name of a bundled sample (chelsea, coffee, ...). Later demo issues add
@@ -221,6 +222,34 @@ def parse_weights(text: str) -> tuple[float, float, float, float]:
     return values
 
 
+def cmd_dissect(args: argparse.Namespace) -> int:
+    from . import concepts as C
+    from . import dissection as D
+    from .jobs import tqdm_progress
+
+    handle = models.load_model(args.model)
+    with tqdm_progress("concepts") as progress:
+        if args.concepts == "bundled":
+            data = C.bundled_concepts(args.n, size=args.size, mask_size=args.size // 2, progress=progress)
+        else:
+            data = C.open_concepts(args.concepts, size=args.size, progress=progress)
+    config = D.DissectionConfig(quantile=args.quantile, iou_threshold=args.iou,
+                                max_images=args.n if args.concepts != "bundled" else None)
+    with tqdm_progress("dissect") as progress:
+        result = D.dissect(handle, data, args.layer, config, progress=progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"dissection_{handle.name}_{result.layer}".replace("/", "_")
+    (out / f"{stem}.csv").write_text(result.csv())
+    (out / f"{stem}.html").write_text(D.html_summary(result))
+    print(result.summary())
+    for category, by_concept in sorted(result.detector_counts().items()):
+        top = ", ".join(f"{name} {n}" for name, n in sorted(by_concept.items(), key=lambda kv: -kv[1])[:6])
+        print(f"  {category}: {top}")
+    print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.html')}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     for spec in models.list_models(include_test=True):
         print(f"{spec.name:<22} {spec.label}  — {spec.note}")
@@ -284,6 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.add_argument("--out", required=True, help="folder for the final PNG, the snapshots, the loss log and the manifest")
     p.set_defaults(run=cmd_invert)
+    p = commands.add_parser("dissect", help="Network Dissection: which units of a layer detect which concepts (IoU)")
+    p.add_argument("--model", default=models.DEFAULT_MODEL)
+    p.add_argument("--layer", help="layer with a spatial output (default: the model's last feature map)")
+    p.add_argument("--concepts", default="bundled", help="bundled, or a folder: Broden (index.csv) or images/ + masks/")
+    p.add_argument("--n", type=int, default=2000, help="images: the bundled set's size, or the first n of a folder")
+    p.add_argument("--size", type=int, default=224, help="image size of the bundled set (masks at half)")
+    p.add_argument("--quantile", type=float, default=0.005, help="top quantile that lights a unit (default 0.005)")
+    p.add_argument("--iou", type=float, default=0.04, help="IoU above which a unit is a detector (default 0.04)")
+    p.add_argument("--out", required=True, help="folder for the CSV and the HTML summary")
+    p.set_defaults(run=cmd_dissect)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     return parser

@@ -30,3 +30,7 @@ class JobError(GlassboxError):
 
 class Cancelled(GlassboxError):
     """The user stopped the work; raised when a progress callback returns False."""
+
+
+class DatasetError(GlassboxError):
+    """A concept dataset cannot be used: missing files, bad layout, too few images."""

@@ -208,3 +208,34 @@ def mask_preview(image: "np.ndarray", mask: "np.ndarray") -> "np.ndarray":
     """The image with the area outside the mask dimmed: what may change stays bright."""
     dim = (image.astype(np.float32) * 0.35 + 255 * 0.1).astype(np.uint8)
     return np.where(mask[..., None] > 0, image, dim)
+
+
+CATEGORY_COLOURS = {"colour": "#e4572e", "color": "#e4572e", "texture": "#76b041", "shape": ACCENT, "object": ACCENT,
+                    "part": "#9c4dcc", "material": "#f0a202", "scene": "#17a398"}
+
+
+def detector_histogram(counts: dict[str, dict[str, int]], *, units: int, layer: str, threshold: float) -> go.Figure:
+    """Detector units per concept, grouped and coloured by category (the lecture's histogram)."""
+    figure = go.Figure()
+    total = sum(sum(by.values()) for by in counts.values())
+    for category in sorted(counts):
+        ordered = sorted(counts[category].items(), key=lambda kv: -kv[1])
+        figure.add_trace(go.Bar(x=[name for name, _ in ordered], y=[n for _, n in ordered], name=category,
+                                marker_color=CATEGORY_COLOURS.get(category, MUTED),
+                                hovertemplate="%{x}: %{y} units<extra>" + category + "</extra>"))
+    figure.update_layout(
+        title=dict(text=f"{total}/{units} units of {layer} with IoU > {threshold:g}", font=dict(size=15)),
+        height=340, margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white", barmode="group",
+        xaxis=dict(categoryorder="total descending", tickangle=-40), yaxis=dict(title="detector units"),
+        legend=dict(orientation="h", y=1.12))
+    return figure
+
+
+def unit_overlay(image: np.ndarray, activation: np.ndarray, threshold: float) -> np.ndarray:
+    """NetDissect's view of a unit: the image dimmed where the unit is below its threshold, with the
+    lit area outlined."""
+    lit = activation > threshold
+    out = np.where(lit[..., None], image, (image.astype(np.float32) * 0.3).astype(np.uint8))
+    edge = lit & ~(np.roll(lit, 1, 0) & np.roll(lit, -1, 0) & np.roll(lit, 1, 1) & np.roll(lit, -1, 1))
+    out[edge] = (255, 214, 0)
+    return out

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("GLASSBOX_TEST_MODELS", "1")
 os.environ.setdefault("GLASSBOX_DEVICE", "cpu")
+# Generated concept sets and dissection results go to a scratch folder, never the home directory.
+os.environ.setdefault("GLASSBOX_CACHE", tempfile.mkdtemp(prefix="glassbox-test-cache-"))
 
 from engine import classify, images, models  # noqa: E402
 

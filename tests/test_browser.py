@@ -9,7 +9,7 @@ from tests.browser import chromium_page, screenshot, streamlit_server, wait_for_
 
 pytestmark = pytest.mark.browser
 
-NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion"]
+NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion", "Dissection"]
 
 
 @pytest.fixture(scope="module")

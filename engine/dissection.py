@@ -1,0 +1,489 @@
+"""Network Dissection: which units detect which concepts (Bau et al. 2017, as in NetDissect-Lite).
+
+Lecture: "Quantify Interpretability of Units" in shared/papers/lecture-visualizing-and-fooling-convnets.txt.
+For each unit, measure how much its areas of high activation overlap the segmentation masks of
+visual concepts; a layer is summed up as a histogram of detector units (e.g. 81/256 conv5 units
+with IoU > 0.04). The stages, each its own function:
+
+1. :func:`layer_activations` -- one forward pass per batch over the concept set, the layer's output
+   written to an :class:`ActivationStore` (a file on disk, or memory): bounded RAM for 10k images;
+2. :func:`unit_thresholds` -- per unit, the activation value at the top quantile (default 0.005) of
+   all its values over all images and positions, interpolated as ``torch.quantile`` does;
+3-4. :func:`tally` -- each unit's map upsampled (bilinear) to the mask resolution, binarised at its
+   threshold, and the IoU tally over the whole set for every (unit, concept)::
+
+       IoU(u, c) = sum_images |M_c ∩ L_u| / sum_images |M_c ∪ L_u|
+
+   where, as in NetDissect-Lite, a unit's activated area only counts towards a concept's union in
+   images where the concept's category is annotated;
+5. :func:`best_concepts` -- the best concept per unit; a unit is a detector when that IoU > 0.04;
+6. top-k activating images per unit (by the unit's maximum activation in the image), kept during
+   stage 1.
+
+Speed: bilinear upsampling is a convex combination of the map's values, so a unit whose maximum in
+an image is not above its threshold cannot light a single pixel there. Only the (image, unit)
+pairs whose maximum passes the threshold -- about the top quantile's share -- are upsampled.
+Results are cached on disk per (model, layer, dataset, settings): a second visit is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DatasetError
+from .hooks import capture
+from .models import LayerInfo, ModelHandle
+from .progress import Progress, report
+
+RESULT_VERSION = 1
+RAM_STORE_BYTES = 512 << 20  # activations larger than this are streamed through a file on disk
+
+
+@dataclass(frozen=True)
+class DissectionConfig:
+    """NetDissect-Lite's defaults: top quantile 0.005, detector IoU 0.04."""
+
+    quantile: float = 0.005
+    iou_threshold: float = 0.04
+    batch_size: int = 32
+    top_k: int = 8
+    max_images: int | None = None  # use the first n images of the set (None: all)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DissectionResult:
+    """Everything the page, the CLI and the cache need, as plain numbers."""
+
+    model: str
+    layer: str
+    dataset: str  # the concept set's name
+    dataset_key: str
+    images: int
+    thresholds: np.ndarray  # (units,)
+    iou: np.ndarray  # (units, concepts) float32
+    intersections: np.ndarray  # (units, concepts) float64 pixel counts
+    unions: np.ndarray  # (units, concepts)
+    concept_names: tuple[str, ...]
+    concept_categories: tuple[str, ...]
+    top_images: np.ndarray  # (units, top_k) dataset indices, most activating first
+    top_values: np.ndarray  # (units, top_k) the unit's maximum activation in those images
+    config: dict
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def units(self) -> int:
+        return int(self.iou.shape[0])
+
+    @property
+    def best_concept(self) -> np.ndarray:
+        return self.iou.argmax(axis=1)
+
+    @property
+    def best_iou(self) -> np.ndarray:
+        return self.iou.max(axis=1)
+
+    @property
+    def detectors(self) -> np.ndarray:
+        """Boolean per unit: its best concept's IoU passes the detector threshold."""
+        return self.best_iou > self.config["iou_threshold"]
+
+    def detector_counts(self) -> dict[str, dict[str, int]]:
+        """{category: {concept: number of detector units whose best concept it is}} (the lecture's histogram)."""
+        counts: dict[str, dict[str, int]] = {}
+        for unit in np.flatnonzero(self.detectors):
+            concept = int(self.best_concept[unit])
+            by_concept = counts.setdefault(self.concept_categories[concept], {})
+            name = self.concept_names[concept]
+            by_concept[name] = by_concept.get(name, 0) + 1
+        return counts
+
+    def units_for(self, concept: int, *, limit: int | None = None) -> list[tuple[int, float]]:
+        """Units ranked by their IoU with one concept: "which units detect stripes?"."""
+        order = np.argsort(-self.iou[:, concept], kind="stable")
+        return [(int(u), float(self.iou[u, concept])) for u in order[:limit]]
+
+    def table_rows(self) -> list[dict]:
+        """One row per unit: unit, best concept, its category, IoU, detector, threshold."""
+        best, best_iou = self.best_concept, self.best_iou
+        return [{"unit": u, "concept": self.concept_names[best[u]], "category": self.concept_categories[best[u]],
+                 "iou": round(float(best_iou[u]), 4), "detector": bool(best_iou[u] > self.config["iou_threshold"]),
+                 "threshold": float(self.thresholds[u])} for u in range(self.units)]
+
+    def csv(self) -> str:
+        rows = self.table_rows()
+        lines = ["unit,concept,category,iou,detector,threshold"]
+        lines += [f"{r['unit']},\"{r['concept']}\",{r['category']},{r['iou']:.4f},{int(r['detector'])},{r['threshold']:.6g}"
+                  for r in rows]
+        return "\n".join(lines) + "\n"
+
+    def summary(self) -> str:
+        return (f"{int(self.detectors.sum())}/{self.units} units of {self.layer} have IoU > "
+                f"{self.config['iou_threshold']:g} with some concept ({self.images} images of {self.dataset}).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: activations, streamed
+
+
+class ActivationStore:
+    """The layer's activations for every image, (N, C, h, w) float32: a file on disk, or memory."""
+
+    def __init__(self, shape: tuple[int, int, int, int], path: Path | None = None):
+        self.shape, self.path = shape, path
+        if path is None:
+            self.array = np.zeros(shape, np.float32)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        self.array[start:start + len(values)] = values
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[start:stop]))
+
+    def units(self, first: int, last: int) -> torch.Tensor:
+        """All values of units first..last-1, one row per unit: (units, N * h * w)."""
+        block = np.ascontiguousarray(self.array[:, first:last])
+        return torch.from_numpy(block).transpose(0, 1).reshape(last - first, -1)
+
+    def close(self) -> None:
+        """Drop the values (and the file): the result keeps what the page needs."""
+        self.array = None
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+@dataclass
+class TopImages:
+    """A running top-k of image indices per unit, by the unit's maximum activation."""
+
+    k: int
+    values: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+
+    def update(self, maxima: torch.Tensor, start: int) -> None:
+        """``maxima``: (batch, units) for images start..start+batch-1."""
+        index = torch.arange(start, start + maxima.shape[0]).view(-1, 1).expand_as(maxima)
+        values = maxima.t() if self.values is None else torch.cat([self.values, maxima.t()], 1)
+        indices = index.t() if self.indices is None else torch.cat([self.indices, index.t()], 1)
+        # A stable sort keeps ties in index order, so the batch size never changes the answer.
+        values, order = values.sort(dim=1, descending=True, stable=True)
+        self.values, self.indices = values[:, :self.k], indices.gather(1, order)[:, :self.k]
+
+
+def spatial_layer(handle: ModelHandle, layer: str | None) -> LayerInfo:
+    """The layer to dissect, with a sentence when it has no spatial output."""
+    name = layer or handle.default_layer
+    if name is None:
+        raise ConfigError("This model has no layer with a spatial output, so there is nothing to dissect.")
+    known = {info.name: info for info in handle.layers}
+    if name not in known:
+        try:
+            handle.module(name)
+        except Exception as error:  # noqa: BLE001 -- an unknown name gets the model's own sentence
+            raise ConfigError(f"This model has no layer called '{name}'.") from error
+        raise ConfigError(f"Layer '{name}' has no spatial output (no height x width map), so its units cannot be "
+                          "compared with masks; pick a convolutional layer.")
+    return known[name]
+
+
+def check_enough_images(images: int, info: LayerInfo, quantile: float) -> None:
+    """The top quantile must hold at least one value per unit, and a handful of images."""
+    if not 0 < quantile < 1:
+        raise ConfigError("The quantile is a fraction between 0 and 1, such as 0.005.")
+    needed = max(10, math.ceil(1 / (quantile * info.height * info.width)))
+    if images < needed:
+        raise DatasetError(f"Only {images} images: the top {100 * quantile:g} % of each unit's activations needs at "
+                           f"least {needed} images at this layer ({info.height} x {info.width}); use more images "
+                           "or a larger quantile.")
+
+
+def layer_activations(handle: ModelHandle, concepts, info: LayerInfo, *, count: int, batch_size: int,
+                      top_k: int, store_path: Path | None, progress: Progress | None = None,
+                      span: tuple[float, float] = (0.0, 1.0)) -> tuple[ActivationStore, TopImages]:
+    """Stage 1: one forward per batch; the layer's output goes to the store, the top-k images are kept."""
+    store = ActivationStore((count, info.channels, info.height, info.width), store_path)
+    top = TopImages(top_k)
+    done = 0
+    for images, _ in concepts.batches(batch_size, 0, count):
+        x = torch.from_numpy(images).to(handle.device).permute(0, 3, 1, 2).float().div_(255)
+        if x.shape[-1] != handle.input_size:
+            x = F.interpolate(x, size=(handle.input_size, handle.input_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        with torch.inference_mode(), capture(handle, [info.name]) as captured:
+            handle.logits(x)
+            values = captured[info.name].float()
+        store.write(done, values.cpu().numpy())
+        top.update(values.amax(dim=(2, 3)).cpu(), done)
+        done += len(images)
+        report(progress, span[0] + (span[1] - span[0]) * done / count, f"activations: {done} of {count} images")
+    return store, top
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: thresholds
+
+
+def quantile_value(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Per row, the q-quantile with linear interpolation, exactly as ``torch.quantile`` defines it,
+    but through ``kthvalue`` so it has no input-size limit. ``values``: (rows, n)."""
+    n = values.shape[1]
+    position = q * (n - 1)  # in double precision, then torch.lerp: exactly torch.quantile's arithmetic
+    low = int(position)
+    high = min(low + 1, n - 1)
+    a = values.kthvalue(low + 1, dim=1).values
+    b = values.kthvalue(high + 1, dim=1).values if high != low else a
+    return torch.lerp(a, b, torch.full_like(a, position - low))
+
+
+def unit_thresholds(store: ActivationStore, quantile: float, *, memory_bytes: int = 256 << 20) -> np.ndarray:
+    """Stage 2: each unit's value at the top ``quantile`` of all its activations (1 - q quantile)."""
+    count, channels, height, width = store.shape
+    per_unit = count * height * width * 4
+    chunk = max(1, min(channels, memory_bytes // max(per_unit, 1)))
+    thresholds = np.empty(channels, np.float32)
+    for first in range(0, channels, chunk):
+        last = min(channels, first + chunk)
+        thresholds[first:last] = quantile_value(store.units(first, last), 1 - quantile).numpy()
+    return thresholds
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 3-4: upsample, binarise, tally
+
+
+@dataclass
+class Tally:
+    """Running sums over the set: |M ∩ L| per (unit, concept), activated area per (unit, category),
+    mask area per concept."""
+
+    intersections: np.ndarray
+    unit_area: np.ndarray  # (units, categories)
+    label_area: np.ndarray  # (concepts,)
+
+    @classmethod
+    def empty(cls, units: int, concepts: int, categories: int) -> "Tally":
+        return cls(np.zeros((units, concepts)), np.zeros((units, categories)), np.zeros(concepts))
+
+    def iou(self, concept_category: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        unions = self.unit_area[:, concept_category] + self.label_area[None, :] - self.intersections
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(unions > 0, self.intersections / unions, 0.0)
+        return iou.astype(np.float32), unions
+
+
+def tally(store: ActivationStore, concepts, thresholds: np.ndarray, *, count: int, batch_size: int,
+          progress: Progress | None = None, span: tuple[float, float] = (0.0, 1.0)) -> Tally:
+    """Stages 3-4 over the whole set, batch by batch (memory bounded by the batch)."""
+    categories = sorted({c.category for c in concepts.concepts})
+    category_index = {name: i for i, name in enumerate(categories)}
+    concept_category = np.array([category_index[c.category] for c in concepts.concepts])
+    units = store.shape[1]
+    sums = Tally.empty(units, len(concepts.concepts), len(categories))
+    limits = torch.from_numpy(thresholds)
+    size = concepts.mask_size
+    done = 0
+    for _, samples in concepts.batches(batch_size, 0, count):
+        maps = store.read(done, done + len(samples))
+        for offset, sample in enumerate(samples):
+            _tally_image(sums, maps[offset], limits, sample, size, category_index, concept_category)
+        done += len(samples)
+        report(progress, span[0] + (span[1] - span[0]) * done / count, f"IoU tally: {done} of {count} images")
+    return sums
+
+
+def _tally_image(sums: Tally, maps: torch.Tensor, limits: torch.Tensor, sample, size: int,
+                 category_index: dict[str, int], concept_category: np.ndarray) -> None:
+    """One image: only units whose maximum passes their threshold can light a pixel (see module note)."""
+    ids = np.asarray(sample.concept_ids, dtype=np.int64)
+    if len(ids):
+        sums.label_area[ids] += np.asarray(sample.masks).reshape(len(ids), -1).sum(axis=1)
+    live = torch.nonzero(maps.amax(dim=(1, 2)) > limits).flatten()
+    if live.numel() == 0:
+        return
+    lit = upsampled_masks(maps[live], limits[live], size)  # (live, size * size) bool
+    area = lit.sum(dim=1).double().numpy()
+    annotated = [category_index[c] for c in sample.categories if c in category_index]
+    live_np = live.numpy()
+    for category in annotated:
+        sums.unit_area[live_np, category] += area
+    if len(ids):
+        masks = torch.from_numpy(np.asarray(sample.masks).reshape(len(ids), -1))
+        inter = lit.float() @ masks.float().t()  # (live, k): |L_u ∩ M_c|
+        sums.intersections[np.ix_(live_np, ids)] += inter.double().numpy()
+
+
+def upsampled_masks(maps: torch.Tensor, limits: torch.Tensor, size: int) -> torch.Tensor:
+    """Stage 3: (units, h, w) maps -> bilinear to size x size -> above each unit's threshold, flattened."""
+    big = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return (big > limits.view(-1, 1, 1)).reshape(len(maps), -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run, cached on disk
+
+
+def result_key(handle: ModelHandle, layer: str, concepts, config: DissectionConfig) -> str:
+    settings = json.dumps({"v": RESULT_VERSION, "model": handle.name, "layer": layer, "data": concepts.key,
+                           "config": config.as_dict()}, sort_keys=True)
+    return hashlib.sha256(settings.encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    from .concepts import cache_root
+
+    return cache_root() / "dissection"
+
+
+def cached_result(handle: ModelHandle, concepts, layer: str | None, config: DissectionConfig = DissectionConfig()
+                  ) -> DissectionResult | None:
+    """The stored result of exactly this run, or None."""
+    info = spatial_layer(handle, layer)
+    path = cache_dir() / f"{result_key(handle, info.name, concepts, config)}.npz"
+    return load_result(path) if path.is_file() else None
+
+
+def dissect(handle: ModelHandle, concepts, layer: str | None = None, config: DissectionConfig = DissectionConfig(), *,
+            progress: Progress | None = None, use_cache: bool = True, in_memory: bool = False,
+            force_disk: bool = False) -> DissectionResult:
+    """Stages 1-6 over ``concepts`` (a :class:`engine.concepts.ConceptSet`), cached per run.
+
+    The activations stay in memory up to :data:`RAM_STORE_BYTES` and go to a file on disk beyond
+    (``force_disk`` always uses the file), so 10k images need no more RAM than a batch.
+    """
+    info = spatial_layer(handle, layer)
+    count = len(concepts) if config.max_images is None else min(len(concepts), config.max_images)
+    check_enough_images(count, info, config.quantile)
+    if config.batch_size < 1 or config.top_k < 1:
+        raise ConfigError("The batch size and the number of top images must be at least 1.")
+    path = cache_dir() / f"{result_key(handle, info.name, concepts, config)}.npz" if use_cache else None
+    if path is not None and path.is_file():
+        report(progress, 1.0, "loaded from the cache")
+        return load_result(path)
+    timings = {}
+    started = time.perf_counter()
+    size = count * info.channels * info.height * info.width * 4
+    in_memory = in_memory or (size <= RAM_STORE_BYTES and not force_disk)
+    scratch = None if in_memory else Path(tempfile.mkdtemp(prefix="glassbox-dissect-"))
+    store = None
+    try:
+        store, top = layer_activations(handle, concepts, info, count=count, batch_size=config.batch_size,
+                                       top_k=config.top_k, store_path=None if scratch is None else scratch / "acts.npy",
+                                       progress=progress, span=(0.0, 0.6))
+        timings["activations"] = time.perf_counter() - started
+        mark = time.perf_counter()
+        thresholds = unit_thresholds(store, config.quantile)
+        timings["thresholds"] = time.perf_counter() - mark
+        report(progress, 0.65, "thresholds done")
+        mark = time.perf_counter()
+        sums = tally(store, concepts, thresholds, count=count, batch_size=config.batch_size, progress=progress,
+                     span=(0.65, 1.0))
+        timings["tally"] = time.perf_counter() - mark
+    finally:
+        if store is not None:
+            store.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    categories = sorted({c.category for c in concepts.concepts})
+    concept_category = np.array([categories.index(c.category) for c in concepts.concepts])
+    iou, unions = sums.iou(concept_category)
+    timings["total"] = time.perf_counter() - started
+    result = DissectionResult(
+        model=handle.name, layer=info.name, dataset=concepts.name, dataset_key=concepts.key, images=count,
+        thresholds=thresholds, iou=iou, intersections=sums.intersections, unions=unions,
+        concept_names=tuple(c.name for c in concepts.concepts),
+        concept_categories=tuple(c.category for c in concepts.concepts),
+        top_images=top.indices.numpy(), top_values=top.values.numpy(), config=config.as_dict(), seconds=timings)
+    if path is not None:
+        save_result(result, path)
+    report(progress, 1.0, result.summary())
+    return result
+
+
+def best_concepts(result: DissectionResult) -> list[tuple[int, str, float]]:
+    """Stage 5 as a list: (unit, best concept, IoU), best first."""
+    order = np.argsort(-result.best_iou, kind="stable")
+    return [(int(u), result.concept_names[result.best_concept[u]], float(result.best_iou[u])) for u in order]
+
+
+def save_result(result: DissectionResult, path: Path) -> None:
+    """Atomically: a reader sees the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: getattr(result, k) for k in ("model", "layer", "dataset", "dataset_key", "images", "concept_names",
+                                            "concept_categories", "config", "seconds")}
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+        np.savez_compressed(handle, thresholds=result.thresholds, iou=result.iou, intersections=result.intersections,
+                            unions=result.unions, top_images=result.top_images, top_values=result.top_values,
+                            meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    os.replace(handle.name, path)
+
+
+def load_result(path: Path) -> DissectionResult:
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        arrays = {k: data[k] for k in ("thresholds", "iou", "intersections", "unions", "top_images", "top_values")}
+    meta["concept_names"] = tuple(meta["concept_names"])
+    meta["concept_categories"] = tuple(meta["concept_categories"])
+    return DissectionResult(**meta, **arrays)
+
+
+# ---------------------------------------------------------------------------------------------
+# A unit on any image
+
+
+def unit_maps(handle: ModelHandle, x: torch.Tensor, layer: str, unit: int) -> np.ndarray:
+    """The unit's activation map on images ``x`` (N, 3, H, W) in [0, 1], upsampled to H x W: (N, H, W)."""
+    info = spatial_layer(handle, layer)
+    if not 0 <= unit < info.channels:
+        raise ConfigError(f"Layer {layer} has units 0 to {info.channels - 1}; there is no unit {unit}.")
+    with torch.inference_mode(), capture(handle, [info.name]) as captured:
+        handle.logits(x.to(handle.device))
+        values = captured[info.name][:, unit:unit + 1].float()
+    big = F.interpolate(values, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return big.cpu().numpy()
+
+
+def unit_maps_on(handle: ModelHandle, pictures: list[np.ndarray], layer: str, unit: int) -> list[np.ndarray]:
+    """:func:`unit_maps` for uint8 H x W x 3 pictures already at the model's input size."""
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in pictures]).float() / 255
+    return list(unit_maps(handle, x, layer, unit))
+
+
+def html_summary(result: DissectionResult) -> str:
+    """A self-contained page (no script, no network): the histogram as bars, then every unit."""
+    from html import escape
+
+    counts = result.detector_counts()
+    most = max([n for by in counts.values() for n in by.values()] or [1])
+    bars = []
+    for category in sorted(counts):
+        bars.append(f"<h3>{escape(category)}</h3>")
+        for name, n in sorted(counts[category].items(), key=lambda kv: -kv[1]):
+            bars.append(f'<div class="bar"><span class="label">{escape(name)}</span>'
+                        f'<span class="fill" style="width:{300 * n / most:.0f}px"></span> {n}</div>')
+    rows = "".join(f"<tr><td>{r['unit']}</td><td>{escape(r['concept'])}</td><td>{escape(r['category'])}</td>"
+                   f"<td>{r['iou']:.4f}</td><td>{'yes' if r['detector'] else ''}</td></tr>"
+                   for r in sorted(result.table_rows(), key=lambda r: -r["iou"]))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Dissection of {escape(result.layer)}</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}.bar{{margin:2px 0}}
+.label{{display:inline-block;width:180px}}.fill{{display:inline-block;height:12px;background:#3b6fd6}}
+table{{border-collapse:collapse}}td,th{{border-bottom:1px solid #ddd;padding:2px 10px}}</style></head><body>
+<h1>{escape(result.model)} · {escape(result.layer)}</h1><p>{escape(result.summary())}</p>
+<h2>Detector units per concept</h2>{''.join(bars) or '<p>No detector units.</p>'}
+<h2>Units, best first</h2><table><tr><th>unit</th><th>concept</th><th>category</th><th>IoU</th><th>detector</th></tr>
+{rows}</table></body></html>"""

@@ -1,0 +1,178 @@
+"""Network dissection engine (issue 6): the tally against a brute-force loop, the quantile, streaming."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import dissection as D
+from engine import hooks
+from engine.errors import ConfigError, DatasetError
+
+
+@dataclass(frozen=True)
+class FakeConcept:
+    id: int
+    name: str
+    category: str
+
+
+@dataclass(frozen=True)
+class FakeSample:
+    image: np.ndarray
+    concept_ids: np.ndarray
+    masks: np.ndarray
+    categories: tuple[str, ...]
+
+
+class FakeConcepts:
+    """Random images with random masks: enough to check the arithmetic against a loop."""
+
+    def __init__(self, n: int, size: int = 64, mask_size: int = 32, seed: int = 0, partial: bool = False):
+        rng = np.random.default_rng(seed)
+        self.name, self.key = f"fake-{n}", f"fake-{n}-{size}-{mask_size}-{seed}-{partial}"
+        self.image_size, self.mask_size = size, mask_size
+        self.concepts = tuple(FakeConcept(i, n_, c) for i, (n_, c) in enumerate(
+            [("red", "colour"), ("blue", "colour"), ("dots", "texture"), ("circle", "shape")]))
+        self.samples = []
+        for _ in range(n):
+            ids = np.sort(rng.choice(4, rng.integers(0, 4), replace=False)).astype(np.int64)
+            masks = rng.random((len(ids), mask_size, mask_size)) < rng.uniform(0.05, 0.5, (len(ids), 1, 1))
+            categories = ("colour", "texture", "shape")
+            if partial and rng.random() < 0.5:  # like Broden: not every image annotates every category
+                categories = ("colour",)
+                keep = np.array([self.concepts[i].category == "colour" for i in ids], bool)
+                ids, masks = ids[keep], masks[keep]
+            self.samples.append(FakeSample(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), ids, masks, categories))
+
+    def __len__(self):
+        return len(self.samples)
+
+    def sample(self, index):
+        return self.samples[index]
+
+    def batches(self, batch_size, start=0, stop=None):
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, batch_size):
+            chunk = self.samples[first:min(stop, first + batch_size)]
+            yield np.stack([s.image for s in chunk]), chunk
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLASSBOX_CACHE", str(tmp_path / "cache"))
+
+
+def brute_force_iou(handle, concepts, layer, quantile):
+    """NetDissect's definition, one image and one unit at a time, no shortcuts."""
+    info = D.spatial_layer(handle, layer)
+    maps = []
+    for index in range(len(concepts)):
+        x = torch.from_numpy(concepts.sample(index).image).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad(), hooks.capture(handle, [layer]) as captured:
+            handle.logits(x)
+        maps.append(captured[layer][0].float())
+    maps = torch.stack(maps)  # (N, C, h, w)
+    thresholds = torch.quantile(maps.transpose(0, 1).reshape(info.channels, -1), 1 - quantile, dim=1)
+    categories = sorted({c.category for c in concepts.concepts})
+    inter = np.zeros((info.channels, len(concepts.concepts)))
+    union = np.zeros_like(inter)
+    for index in range(len(concepts)):
+        sample = concepts.sample(index)
+        up = F.interpolate(maps[index][None], size=(concepts.mask_size,) * 2, mode="bilinear", align_corners=False)[0]
+        for unit in range(info.channels):
+            lit = (up[unit] > thresholds[unit]).numpy()
+            for concept in concepts.concepts:
+                if concept.category not in sample.categories:
+                    continue
+                where = np.flatnonzero(sample.concept_ids == concept.id)
+                mask = sample.masks[where[0]] if len(where) else np.zeros_like(lit)
+                inter[unit, concept.id] += np.logical_and(lit, mask).sum()
+                union[unit, concept.id] += np.logical_or(lit, mask).sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0), thresholds.numpy()
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_iou_tally_equals_a_brute_force_loop(tiny, partial):
+    concepts = FakeConcepts(24, partial=partial)
+    expected, thresholds = brute_force_iou(tiny, concepts, "features.3", quantile=0.05)
+    result = D.dissect(tiny, concepts, "features.3", D.DissectionConfig(quantile=0.05, batch_size=5), use_cache=False)
+    np.testing.assert_allclose(result.thresholds, thresholds, rtol=1e-6)
+    np.testing.assert_allclose(result.iou, expected, atol=1e-6)
+    assert result.iou.max() > 0 and hooks.count_hooks(tiny.model) == 0
+
+
+def test_threshold_equals_torch_quantile():
+    values = torch.randn(7, 1001, generator=torch.Generator().manual_seed(0))
+    for q in (0.5, 0.995, 0.9999, 0.0):
+        # equal up to float32 rounding of the interpolation weight
+        np.testing.assert_allclose(D.quantile_value(values, q), torch.quantile(values, q, dim=1), rtol=1e-5, atol=0)
+    store = D.ActivationStore((10, 3, 4, 5))
+    store.array[:] = np.random.default_rng(1).standard_normal(store.shape)
+    expected = torch.quantile(torch.from_numpy(store.array).transpose(0, 1).reshape(3, -1), 0.995, dim=1)
+    np.testing.assert_allclose(D.unit_thresholds(store, 0.005, memory_bytes=1), expected.numpy(), atol=1e-6)
+
+
+def test_streaming_equals_in_memory(tiny):
+    concepts = FakeConcepts(30, seed=3)
+    config = D.DissectionConfig(quantile=0.02, batch_size=7, top_k=3)
+    streamed = D.dissect(tiny, concepts, "features.5", config, use_cache=False, force_disk=True)
+    kept = D.dissect(tiny, concepts, "features.5", D.DissectionConfig(quantile=0.02, batch_size=30, top_k=3),
+                     use_cache=False, in_memory=True)
+    np.testing.assert_array_equal(streamed.iou, kept.iou)
+    np.testing.assert_array_equal(streamed.top_images, kept.top_images)
+
+
+def test_top_images_are_the_most_activating(tiny):
+    concepts = FakeConcepts(20, seed=4)
+    result = D.dissect(tiny, concepts, "features.1", D.DissectionConfig(quantile=0.05, batch_size=6, top_k=4),
+                       use_cache=False)
+    x = torch.from_numpy(np.stack([s.image for s in concepts.samples])).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad(), hooks.capture(tiny, ["features.1"]) as captured:
+        tiny.logits(x)
+    maxima = captured["features.1"].amax(dim=(2, 3))  # (N, C)
+    values, order = maxima.t().sort(dim=1, descending=True, stable=True)
+    np.testing.assert_allclose(result.top_values, values[:, :4].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(result.top_images, order[:, :4].numpy())
+
+
+def test_results_are_cached_on_disk(tiny):
+    concepts = FakeConcepts(20, seed=5)
+    config = D.DissectionConfig(quantile=0.05)
+    assert D.cached_result(tiny, concepts, "features.3", config) is None
+    first = D.dissect(tiny, concepts, "features.3", config)
+    again = D.cached_result(tiny, concepts, "features.3", config)
+    assert again is not None and np.array_equal(again.iou, first.iou) and again.concept_names == first.concept_names
+    messages = []
+    D.dissect(tiny, concepts, "features.3", config, progress=lambda f, m: messages.append(m))
+    assert messages == ["loaded from the cache"]
+
+
+def test_summary_histogram_search_and_csv(tiny):
+    concepts = FakeConcepts(20, seed=6)
+    result = D.dissect(tiny, concepts, "features.3", D.DissectionConfig(quantile=0.05, iou_threshold=0.0),
+                       use_cache=False)
+    counts = result.detector_counts()
+    assert sum(sum(v.values()) for v in counts.values()) == int(result.detectors.sum())
+    ranked = result.units_for(2)
+    assert [iou for _, iou in ranked] == sorted((iou for _, iou in ranked), reverse=True)
+    lines = result.csv().splitlines()
+    assert lines[0] == "unit,concept,category,iou,detector,threshold" and len(lines) == 1 + result.units
+    assert "units of features.3 have IoU >" in result.summary()
+
+
+def test_bad_requests_are_sentences(tiny):
+    concepts = FakeConcepts(12)
+    with pytest.raises(DatasetError, match="Only 3 images"):
+        D.dissect(tiny, FakeConcepts(3), "features.3", use_cache=False)
+    with pytest.raises(ConfigError, match="no spatial output"):
+        D.dissect(tiny, concepts, "fc", use_cache=False)
+    with pytest.raises(ConfigError, match="no layer called"):
+        D.dissect(tiny, concepts, "nope", use_cache=False)
+    with pytest.raises(ConfigError, match="no unit 99"):
+        D.unit_maps(tiny, torch.rand(1, 3, 64, 64), "features.3", 99)

@@ -1,0 +1,62 @@
+"""AppTest of the dissection page: a run as a job, histogram, units table, unit view, search, CSV, errors."""
+
+from __future__ import annotations
+
+from streamlit.testing.v1 import AppTest
+
+from tests import apptest
+
+
+def open_page(**query) -> AppTest:
+    return apptest.open_page("pages/dissection.py", **query)
+
+
+def dissect(at: AppTest) -> AppTest:
+    next(b for b in at.button if b.label == "Dissect").click().run()
+    apptest.wait_for_jobs(timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_dissect_a_layer_then_look_at_a_unit_and_search_a_concept():
+    at = open_page(model="tiny_test_cnn", image="chelsea", layer="features.5")
+    assert any("Press **Dissect** to run" in i.value for i in at.info)
+    dissect(at)
+    summary = next(s.value for s in at.success)
+    assert "units of features.5 have IoU > 0.04" in summary and "1000 images" in summary
+    assert len(at.get("plotly_chart")) == 1
+    assert [b.proto.label for b in at.get("download_button")] == ["Units (CSV)"]
+    units_table = at.dataframe[0].value
+    assert len(units_table) == 16 and list(units_table.columns)[:4] == ["unit", "concept", "category", "iou"]
+    assert list(units_table["iou"]) == sorted(units_table["iou"], reverse=True)
+    at.number_input(key="dis_unit").set_value(3).run()
+    assert not at.exception, at.exception
+    assert any(h.value.startswith("Unit 3:") for h in at.subheader)
+    assert any(m.label == "Share of your image above the threshold" for m in at.metric)
+    at.selectbox(key="dis_concept").set_value("red").run()
+    search = at.dataframe[1].value
+    assert list(search["IoU"]) == sorted(search["IoU"], reverse=True) and len(search) == 10
+
+
+def test_a_second_visit_is_instant_from_the_disk_cache():
+    from engine import concepts as C
+    from engine import dissection as D
+    from engine import models
+
+    at = dissect(open_page(model="tiny_test_cnn", image="chelsea", layer="features.3"))
+    handle = models.load_model("tiny_test_cnn")
+    data = C.bundled_concepts(1000, size=224, mask_size=112)
+    stored = D.cached_result(handle, data, "features.3", D.DissectionConfig())
+    assert stored is not None and stored.summary() == next(s.value for s in at.success)
+    messages = []
+    again = D.dissect(handle, data, "features.3", D.DissectionConfig(), progress=lambda f, m: messages.append(m))
+    assert messages == ["loaded from the cache"] and (again.iou == stored.iou).all()
+
+
+def test_a_missing_folder_is_a_sentence():
+    at = open_page(model="tiny_test_cnn", image="chelsea")
+    at.selectbox(key="dis_source").set_value("folder").run()
+    at.text_input(key="dis_path").set_value("/no/such/folder")
+    dissect(at)
+    assert any("There is no folder at /no/such/folder" in e.value for e in at.error), [e.value for e in at.error]
