@@ -6,9 +6,11 @@ visual concepts; a layer is summed up as a histogram of detector units (e.g. 81/
 with IoU > 0.04). The stages, each its own function:
 
 1. :func:`layer_activations` -- one forward pass per batch over the concept set, the layer's output
-   written to an :class:`ActivationStore` (a file on disk, or memory): bounded RAM for 10k images;
-2. :func:`unit_thresholds` -- per unit, the activation value at the top quantile (default 0.005) of
-   all its values over all images and positions, interpolated as ``torch.quantile`` does;
+   appended to an :class:`ActivationStore` (a file on disk, or memory): bounded RAM for 10k images;
+2. thresholds -- per unit, the activation value at the top quantile (default 0.005) of all its
+   values over all images and positions, interpolated as ``torch.quantile`` does. Only the largest
+   ceil((n-1) q) + 2 values of a unit take part, so :class:`RunningTop` keeps just those during
+   stage 1 and the threshold costs no second pass (:func:`unit_thresholds` is the same on whole arrays);
 3-4. :func:`tally` -- each unit's map upsampled (bilinear) to the mask resolution, binarised at its
    threshold, and the IoU tally over the whole set for every (unit, concept)::
 
@@ -35,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
@@ -140,32 +143,82 @@ class DissectionResult:
 
 
 class ActivationStore:
-    """The layer's activations for every image, (N, C, h, w) float32: a file on disk, or memory."""
+    """The layer's activations, batch after batch, (n, C, h, w) float32: in memory, or appended to a
+    file and read back in order. File reads and writes go through the OS page cache, not this
+    process's memory, so 10k images need no more RAM than a batch (unlike a memory map, whose
+    touched pages count as the process's own)."""
 
     def __init__(self, shape: tuple[int, int, int, int], path: Path | None = None):
         self.shape, self.path = shape, path
-        if path is None:
-            self.array = np.zeros(shape, np.float32)
-        else:
+        self.parts: list[np.ndarray] = []
+        self.file = None
+        if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            self.file = open(path, "w+b")  # noqa: SIM115 -- closed in close()
 
-    def write(self, start: int, values: np.ndarray) -> None:
-        self.array[start:start + len(values)] = values
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        if self.file is None:
+            self.parts.append(values.copy())
+        else:
+            self.file.write(values.tobytes())
 
-    def read(self, start: int, stop: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.array[start:stop]))
-
-    def units(self, first: int, last: int) -> torch.Tensor:
-        """All values of units first..last-1, one row per unit: (units, N * h * w)."""
-        block = np.ascontiguousarray(self.array[:, first:last])
-        return torch.from_numpy(block).transpose(0, 1).reshape(last - first, -1)
+    def batches(self, sizes) -> Iterator[torch.Tensor]:
+        """Read back in order, one block per entry of ``sizes`` (image counts)."""
+        if self.file is None:
+            everything = np.concatenate(self.parts) if self.parts else np.zeros((0, *self.shape[1:]), np.float32)
+            start = 0
+            for size in sizes:
+                yield torch.from_numpy(everything[start:start + size])
+                start += size
+            return
+        self.file.flush()
+        self.file.seek(0)
+        per_image = int(np.prod(self.shape[1:]))
+        for size in sizes:
+            block = np.frombuffer(self.file.read(size * per_image * 4), dtype=np.float32)
+            yield torch.from_numpy(block.copy().reshape(size, *self.shape[1:]))
 
     def close(self) -> None:
         """Drop the values (and the file): the result keeps what the page needs."""
-        self.array = None
+        self.parts = []
+        if self.file is not None:
+            self.file.close()
+            self.file = None
         if self.path is not None and self.path.exists():
             self.path.unlink()
+
+
+@dataclass
+class RunningTop:
+    """Per unit, the largest values seen so far: exactly the ones the top-quantile threshold needs.
+
+    The threshold is the (1 - q) quantile of all n values of a unit; with torch.quantile's linear
+    interpolation it only involves the ceil((n - 1) q) + 2 largest of them, so keeping those while
+    streaming gives the exact threshold in the same pass as the activations, without storing them.
+    """
+
+    keep: int
+    values: torch.Tensor | None = None
+
+    def update(self, batch: torch.Tensor) -> None:
+        """``batch``: (images, units, h, w)."""
+        flat = batch.transpose(0, 1).reshape(batch.shape[1], -1)
+        merged = flat if self.values is None else torch.cat([self.values, flat], 1)
+        self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
+
+    def thresholds(self, total: int, quantile: float) -> np.ndarray:
+        """The (1 - quantile) quantile of each unit's ``total`` values, as torch.quantile gives it."""
+        position = (1 - quantile) * (total - 1)
+        low = int(position)
+        high = min(low + 1, total - 1)
+        a = self.values[:, total - 1 - low]  # the values are sorted largest first
+        b = self.values[:, total - 1 - high]
+        return torch.lerp(a, b, torch.full_like(a, position - low)).numpy()
+
+
+def values_to_keep(total: int, quantile: float) -> int:
+    return min(total, math.ceil((total - 1) * quantile) + 2)
 
 
 @dataclass
@@ -214,11 +267,13 @@ def check_enough_images(images: int, info: LayerInfo, quantile: float) -> None:
 
 
 def layer_activations(handle: ModelHandle, concepts, info: LayerInfo, *, count: int, batch_size: int,
-                      top_k: int, store_path: Path | None, progress: Progress | None = None,
-                      span: tuple[float, float] = (0.0, 1.0)) -> tuple[ActivationStore, TopImages]:
-    """Stage 1: one forward per batch; the layer's output goes to the store, the top-k images are kept."""
+                      top_k: int, quantile: float, store_path: Path | None, progress: Progress | None = None,
+                      span: tuple[float, float] = (0.0, 1.0)) -> tuple[ActivationStore, TopImages, RunningTop]:
+    """Stage 1 (and 2 on the fly): one forward per batch; the layer's output goes to the store, the
+    top-k images and each unit's largest values (for its threshold) are kept."""
     store = ActivationStore((count, info.channels, info.height, info.width), store_path)
     top = TopImages(top_k)
+    largest = RunningTop(values_to_keep(count * info.height * info.width, quantile))
     done = 0
     for images, _ in concepts.batches(batch_size, 0, count):
         x = torch.from_numpy(images).to(handle.device).permute(0, 3, 1, 2).float().div_(255)
@@ -227,12 +282,13 @@ def layer_activations(handle: ModelHandle, concepts, info: LayerInfo, *, count: 
                               antialias=True)
         with torch.inference_mode(), capture(handle, [info.name]) as captured:
             handle.logits(x)
-            values = captured[info.name].float()
-        store.write(done, values.cpu().numpy())
-        top.update(values.amax(dim=(2, 3)).cpu(), done)
+            values = captured[info.name].float().cpu()
+        store.append(values.numpy())
+        largest.update(values)
+        top.update(values.amax(dim=(2, 3)), done)
         done += len(images)
         report(progress, span[0] + (span[1] - span[0]) * done / count, f"activations: {done} of {count} images")
-    return store, top
+    return store, top, largest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,16 +307,10 @@ def quantile_value(values: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(a, b, torch.full_like(a, position - low))
 
 
-def unit_thresholds(store: ActivationStore, quantile: float, *, memory_bytes: int = 256 << 20) -> np.ndarray:
-    """Stage 2: each unit's value at the top ``quantile`` of all its activations (1 - q quantile)."""
-    count, channels, height, width = store.shape
-    per_unit = count * height * width * 4
-    chunk = max(1, min(channels, memory_bytes // max(per_unit, 1)))
-    thresholds = np.empty(channels, np.float32)
-    for first in range(0, channels, chunk):
-        last = min(channels, first + chunk)
-        thresholds[first:last] = quantile_value(store.units(first, last), 1 - quantile).numpy()
-    return thresholds
+def unit_thresholds(values: torch.Tensor, quantile: float) -> np.ndarray:
+    """Stage 2 on activations held whole, (n, C, h, w): each unit's (1 - quantile) quantile. The
+    streaming run gets the same numbers from :class:`RunningTop`."""
+    return quantile_value(values.transpose(0, 1).reshape(values.shape[1], -1), 1 - quantile).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +348,8 @@ def tally(store: ActivationStore, concepts, thresholds: np.ndarray, *, count: in
     limits = torch.from_numpy(thresholds)
     size = concepts.mask_size
     done = 0
-    for _, samples in concepts.batches(batch_size, 0, count):
-        maps = store.read(done, done + len(samples))
+    sizes = [min(batch_size, count - start) for start in range(0, count, batch_size)]
+    for maps, (_, samples) in zip(store.batches(sizes), concepts.batches(batch_size, 0, count)):
         for offset, sample in enumerate(samples):
             _tally_image(sums, maps[offset], limits, sample, size, category_index, concept_category)
         done += len(samples)
@@ -382,12 +432,13 @@ def dissect(handle: ModelHandle, concepts, layer: str | None = None, config: Dis
     scratch = None if in_memory else Path(tempfile.mkdtemp(prefix="glassbox-dissect-"))
     store = None
     try:
-        store, top = layer_activations(handle, concepts, info, count=count, batch_size=config.batch_size,
-                                       top_k=config.top_k, store_path=None if scratch is None else scratch / "acts.npy",
-                                       progress=progress, span=(0.0, 0.6))
+        store, top, largest = layer_activations(
+            handle, concepts, info, count=count, batch_size=config.batch_size, top_k=config.top_k,
+            quantile=config.quantile, store_path=None if scratch is None else scratch / "activations.f32",
+            progress=progress, span=(0.0, 0.6))
         timings["activations"] = time.perf_counter() - started
         mark = time.perf_counter()
-        thresholds = unit_thresholds(store, config.quantile)
+        thresholds = largest.thresholds(count * info.height * info.width, config.quantile)
         timings["thresholds"] = time.perf_counter() - mark
         report(progress, 0.65, "thresholds done")
         mark = time.perf_counter()

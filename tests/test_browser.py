@@ -126,3 +126,26 @@ def test_inversion_page_paints_a_mask_and_runs(server):
         assert not page.get_by_text("The mask is empty").count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "inversion-painted-mask")
+
+
+def test_dissection_page_runs_and_shows_a_clicked_unit(server):
+    with chromium_page() as page:
+        page.goto(f"{server}/dissection?image=chelsea")
+        wait_for_app(page, "Concept images")
+        page.get_by_role("button", name="Dissect", exact=True).click()
+        page.get_by_text("have IoU >").first.wait_for(timeout=240_000)
+        wait_for_app(page)
+        screenshot(page, "dissection-histogram")
+        heading = page.locator("h3").filter(has_text="IoU").first.inner_text()  # "Unit 581: dots (IoU 0.135)"
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.scroll_into_view_if_needed()
+        box = grid.bounding_box()
+        row = (box["x"] + 14, box["y"] + 35 * 3 + 18)  # the selection box of the third row (the grid is a canvas)
+        page.mouse.move(*row)
+        page.wait_for_timeout(300)
+        page.mouse.click(*row)
+        page.wait_for_function("h => !document.body.innerText.includes(h)", arg=heading, timeout=30_000)
+        wait_for_app(page)
+        assert not page.get_by_text("Traceback").count()
+        page.get_by_text("Share of your image above the threshold").first.scroll_into_view_if_needed()
+        screenshot(page, "dissection-unit")

@@ -112,10 +112,15 @@ def test_threshold_equals_torch_quantile():
     for q in (0.5, 0.995, 0.9999, 0.0):
         # equal up to float32 rounding of the interpolation weight
         np.testing.assert_allclose(D.quantile_value(values, q), torch.quantile(values, q, dim=1), rtol=1e-5, atol=0)
-    store = D.ActivationStore((10, 3, 4, 5))
-    store.array[:] = np.random.default_rng(1).standard_normal(store.shape)
-    expected = torch.quantile(torch.from_numpy(store.array).transpose(0, 1).reshape(3, -1), 0.995, dim=1)
-    np.testing.assert_allclose(D.unit_thresholds(store, 0.005, memory_bytes=1), expected.numpy(), atol=1e-6)
+    acts = torch.from_numpy(np.random.default_rng(1).standard_normal((40, 3, 4, 5)).astype(np.float32))
+    for q in (0.005, 0.05, 0.3):
+        expected = torch.quantile(acts.transpose(0, 1).reshape(3, -1), 1 - q, dim=1).numpy()
+        np.testing.assert_allclose(D.unit_thresholds(acts, q), expected, rtol=1e-5)
+        running = D.RunningTop(D.values_to_keep(40 * 20, q))  # the streaming version, batch by batch
+        for first in range(0, 40, 7):
+            running.update(acts[first:first + 7])
+        assert running.values.shape[1] < 40 * 20 or q == 0.3
+        np.testing.assert_allclose(running.thresholds(40 * 20, q), expected, rtol=1e-5)
 
 
 def test_streaming_equals_in_memory(tiny):
@@ -176,3 +181,49 @@ def test_bad_requests_are_sentences(tiny):
         D.dissect(tiny, concepts, "nope", use_cache=False)
     with pytest.raises(ConfigError, match="no unit 99"):
         D.unit_maps(tiny, torch.rand(1, 3, 64, 64), "features.3", 99)
+
+
+class ColourUnits(torch.nn.Module):
+    """Unit 0 fires exactly on the pixels the bundled set calls red, unit 1 on green; unit 2 is grey level.
+
+    It samples pixel (2j+1, 2i+1) of each 2 x 2 block, the pixel the concept set's nearest
+    downsampling keeps for its 112 px masks, so the maps line up with the masks pixel for pixel.
+    """
+
+    def forward(self, x):
+        from engine.concepts import COLOUR_RADIUS, COLOUR_RGB
+
+        pixels = (x[:, :, 1::2, 1::2] * 255).round()
+        units = []
+        for name in ("red", "green"):
+            centre = torch.tensor(COLOUR_RGB[name], dtype=pixels.dtype).view(1, 3, 1, 1)
+            units.append(((pixels - centre).square().sum(1) < COLOUR_RADIUS ** 2).float())
+        units.append(pixels.mean(1) / 255)
+        return torch.stack(units, 1)
+
+
+class Planted(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.units = ColourUnits()
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.units(x).mean(dim=(2, 3)))
+
+
+def test_a_planted_red_unit_is_found(tmp_path):
+    from engine import concepts as C
+    from engine import models
+
+    spec = models.ModelSpec(name="planted", label="planted colour units", source="test", arch="planted",
+                            input_size=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    handle = models.make_handle(spec, Planted(), ("a", "b"), torch.device("cpu"))
+    data = C.bundled_concepts(300, size=224, mask_size=112)
+    # A unit that is 1 on red and 0 elsewhere lights exactly its red pixels once the top quantile
+    # reaches below 1 (red covers a few per cent of the pixels, so the top 30 % threshold is 0).
+    result = D.dissect(handle, data, "units", D.DissectionConfig(quantile=0.3), use_cache=False)
+    red, green = data.concept_index("red"), data.concept_index("green")
+    assert result.best_concept[0] == red and result.iou[0, red] >= 0.9, result.iou[0, red]
+    assert result.best_concept[1] == green and result.iou[1, green] >= 0.9
+    assert result.iou[0, green] < 0.05 and result.detectors[0] and result.detectors[1]
