@@ -163,7 +163,10 @@ try:
     m1, m2 = st.columns([1, 2])
     m1.image(plots.unit_overlay(view, mine, float(result.thresholds[unit])), width="stretch",
              caption=f"unit {unit} on {selection.image_name}: lit where above {result.thresholds[unit]:.3g}")
-    m2.metric("Share of your image above the threshold", f"{100 * float((mine > result.thresholds[unit]).mean()):.1f} %")
+    share = float((mine > result.thresholds[unit]).mean())
+    m2.metric("Share of your image above the threshold", f"{100 * share:.1f} %")
+    if share == 0:
+        m2.caption("This unit stays silent on your image: nothing in it reaches the unit's threshold.")
     m2.metric("Strongest activation on your image", f"{mine.max():.3g}",
               help="Compare with the threshold; the unit is silent on your image when this stays below it.")
 except GlassboxError as error:

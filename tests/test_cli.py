@@ -104,3 +104,20 @@ def test_invert_writes_image_snapshots_loss_log_and_manifest(tmp_path):
     assert final.shape == (224, 224, 3) and np.array_equal(final[:30], original[:30])  # above the mask: untouched
     bad = run_cli("invert", "chelsea", "--target", "tiger", "--optimizer", "lbfgs", "--jitter", "16", "--out", str(out))
     assert bad.returncode == 2 and "L-BFGS cannot take jitter" in bad.stderr
+
+
+def test_dissect_writes_csv_and_html(tmp_path):
+    env = {"GLASSBOX_DEVICE": "cpu", "PATH": "/usr/bin:/bin", "GLASSBOX_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "engine", "dissect", "--model", "tiny_test_cnn", "--layer", "features.5",
+                             "--n", "120", "--size", "64", "--quantile", "0.02", "--out", str(tmp_path / "out")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "units of features.5 have IoU > 0.04" in result.stdout
+    csv = (tmp_path / "out" / "dissection_tiny_test_cnn_features.5.csv").read_text().splitlines()
+    assert csv[0] == "unit,concept,category,iou,detector,threshold" and len(csv) == 17
+    html = (tmp_path / "out" / "dissection_tiny_test_cnn_features.5.html").read_text()
+    assert "<table>" in html and "Detector units per concept" in html and "<script" not in html
+    missing = subprocess.run([sys.executable, "-m", "engine", "dissect", "--model", "tiny_test_cnn", "--concepts",
+                              str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert missing.returncode == 2 and "There is no folder at" in missing.stderr
