@@ -354,32 +354,40 @@ def tally(store: ActivationStore, concepts, thresholds: np.ndarray, *, count: in
     done = 0
     sizes = [min(batch_size, count - start) for start in range(0, count, batch_size)]
     for maps, (_, samples) in zip(store.batches(sizes), concepts.batches(batch_size, 0, count)):
-        for offset, sample in enumerate(samples):
-            _tally_image(sums, maps[offset], limits, sample, size, category_index, concept_category)
+        _tally_batch(sums, maps, limits, samples, size, category_index)
         done += len(samples)
         report(progress, span[0] + (span[1] - span[0]) * done / count, f"IoU tally: {done} of {count} images")
     return sums
 
 
-def _tally_image(sums: Tally, maps: torch.Tensor, limits: torch.Tensor, sample, size: int,
-                 category_index: dict[str, int], concept_category: np.ndarray) -> None:
-    """One image: only units whose maximum passes their threshold can light a pixel (see module note)."""
-    ids = np.asarray(sample.concept_ids, dtype=np.int64)
-    if len(ids):
-        sums.label_area[ids] += np.asarray(sample.masks).reshape(len(ids), -1).sum(axis=1)
-    live = torch.nonzero(maps.amax(dim=(1, 2)) > limits).flatten()
-    if live.numel() == 0:
-        return
-    lit = upsampled_masks(maps[live], limits[live], size)  # (live, size * size) bool
-    area = lit.sum(dim=1).double().numpy()
-    annotated = [category_index[c] for c in sample.categories if c in category_index]
-    live_np = live.numpy()
-    for category in annotated:
-        sums.unit_area[live_np, category] += area
-    if len(ids):
-        masks = torch.from_numpy(np.asarray(sample.masks).reshape(len(ids), -1))
-        inter = lit.float() @ masks.float().t()  # (live, k): |L_u ∩ M_c|
-        sums.intersections[np.ix_(live_np, ids)] += inter.double().numpy()
+def _tally_batch(sums: Tally, maps: torch.Tensor, limits: torch.Tensor, samples, size: int,
+                 category_index: dict[str, int]) -> None:
+    """One batch. Only (image, unit) pairs whose maximum passes the unit's threshold can light a
+    pixel (see the module note), so only those maps are upsampled, all in one call; then per image
+    one product with its masks gives every |L_u ∩ M_c| and, through a row of ones, every |L_u|."""
+    live = torch.nonzero(maps.amax(dim=(2, 3)) > limits)  # (pairs, 2): image, unit -- image-major
+    lit = None
+    if len(live):
+        lit = F.interpolate(maps[live[:, 0], live[:, 1]][:, None], size=(size, size), mode="bilinear",
+                            align_corners=False)[:, 0]
+        lit = lit.sub_(limits[live[:, 1]].view(-1, 1, 1)).gt_(0).reshape(len(live), -1)  # 1.0 where lit
+        bounds = torch.searchsorted(live[:, 0].contiguous(), torch.arange(len(samples) + 1)).tolist()
+    for offset, sample in enumerate(samples):
+        ids = np.asarray(sample.concept_ids, dtype=np.int64)
+        masks = np.asarray(sample.masks).reshape(len(ids), size * size)
+        if len(ids):
+            sums.label_area[ids] += masks.sum(axis=1)
+        if lit is None or bounds[offset] == bounds[offset + 1]:
+            continue
+        rows = slice(bounds[offset], bounds[offset + 1])
+        units = live[rows, 1].numpy()
+        columns = torch.cat([torch.from_numpy(masks).float(), torch.ones(1, masks.shape[1])])
+        counts = (lit[rows] @ columns.t()).double().numpy()  # (units, k + 1): intersections, then area
+        for category in sample.categories:
+            if category in category_index:
+                sums.unit_area[units, category_index[category]] += counts[:, -1]
+        if len(ids):
+            sums.intersections[np.ix_(units, ids)] += counts[:, :-1]
 
 
 def upsampled_masks(maps: torch.Tensor, limits: torch.Tensor, size: int) -> torch.Tensor:

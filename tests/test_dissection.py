@@ -97,9 +97,9 @@ def brute_force_iou(handle, concepts, layer, quantile):
         return np.where(union > 0, inter / union, 0.0), thresholds.numpy()
 
 
-@pytest.mark.parametrize("partial", [False, True])
-def test_iou_tally_equals_a_brute_force_loop(tiny, partial):
-    concepts = FakeConcepts(24, partial=partial)
+@pytest.mark.parametrize("partial,mask_size", [(False, 32), (True, 32), (False, 64), (False, 48)])
+def test_iou_tally_equals_a_brute_force_loop(tiny, partial, mask_size):
+    concepts = FakeConcepts(24, partial=partial, mask_size=mask_size)  # 32 x 32 maps: scale 1, 2 and 1.5
     expected, thresholds = brute_force_iou(tiny, concepts, "features.3", quantile=0.05)
     result = D.dissect(tiny, concepts, "features.3", D.DissectionConfig(quantile=0.05, batch_size=5), use_cache=False)
     np.testing.assert_allclose(result.thresholds, thresholds, rtol=1e-6)
