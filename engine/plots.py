@@ -220,7 +220,8 @@ def detector_histogram(counts: dict[str, dict[str, int]], *, units: int, layer: 
     total = sum(sum(by.values()) for by in counts.values())
     for category in sorted(counts):
         ordered = sorted(counts[category].items(), key=lambda kv: -kv[1])
-        figure.add_trace(go.Bar(x=[name for name, _ in ordered], y=[n for _, n in ordered], name=category,
+        figure.add_trace(go.Bar(x=[name for name, _ in ordered], y=[n for _, n in ordered],
+                                name=f"{category} ({sum(n for _, n in ordered)})",
                                 marker_color=CATEGORY_COLOURS.get(category, MUTED),
                                 hovertemplate="%{x}: %{y} units<extra>" + category + "</extra>"))
     figure.update_layout(

@@ -56,12 +56,17 @@ if not layers:
     st.error("This model has no layer with a spatial output, so there is nothing to dissect.")
     st.stop()
 
+wanted = url_value("layer", handle.default_layer)
+if wanted not in layers and "dis_layer" not in st.session_state:
+    try:
+        D.spatial_layer(handle, wanted)
+    except GlassboxError as error:
+        st.warning(f"{error} Showing the default layer instead.")
 with st.container():
     c1, c2 = st.columns([3, 2])
-    wanted = url_value("layer", handle.default_layer)
     layer = c1.selectbox("Layer", layers, key="dis_layer", index=layers.index(wanted) if wanted in layers else layers.index(handle.default_layer)
                          if handle.default_layer in layers else len(layers) - 1, format_func=layer_label,
-                         help="NetDissect looks at a late convolutional layer (AlexNet's conv5); early layers find colours.")
+                         help="NetDissect looks at a late convolutional layer (AlexNet's conv5). Layers listed in forward order.")
     source = c2.selectbox("Concept images", list(SIZES) + ["folder"], key="dis_source", format_func=lambda s: (
         f"bundled: {SIZES[s][0]} images at {SIZES[s][1]} px" if s in SIZES else "a folder on this machine"),
         help="The bundled set is generated on demand (colours, textures and shapes on real photos, with exact masks) "

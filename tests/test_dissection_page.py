@@ -60,3 +60,9 @@ def test_a_missing_folder_is_a_sentence():
     at.text_input(key="dis_path").set_value("/no/such/folder")
     dissect(at)
     assert any("There is no folder at /no/such/folder" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_layer_without_a_spatial_map_in_the_link_is_a_sentence():
+    at = open_page(model="tiny_test_cnn", image="chelsea", layer="fc")
+    assert any("Layer 'fc' has no spatial output" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert at.selectbox(key="dis_layer").value == "features"
