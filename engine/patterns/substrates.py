@@ -1,0 +1,118 @@
+"""Substrate images (sec. 3, "Dataset"): blank garments on white, and the paper's augmentations.
+
+The paper used ~2800 photos of Tommy Hilfiger body-wear; here garment silhouettes are drawn from
+polygons (t-shirt, long-sleeve, tank top, hoodie, shorts, trousers, skirt, dress), deterministic by
+seed, in a random plain colour on white. Each comes with its background mask (where L_m asks for
+white). The augmentations are the paper's: colour-axis swaps, colour shifts (one colour axis set to
+255 when no information is lost and the number of distinct colours stays the same) and horizontal
+flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..errors import ConfigError
+
+# Outlines in a unit square (x right, y down), left half only for symmetric garments: mirrored.
+_HALF_OUTLINES: dict[str, list[tuple[float, float]]] = {
+    "t-shirt": [(0.5, 0.12), (0.38, 0.12), (0.14, 0.24), (0.06, 0.42), (0.2, 0.47), (0.27, 0.36), (0.27, 0.9),
+                (0.5, 0.9)],
+    "long-sleeve": [(0.5, 0.12), (0.38, 0.12), (0.16, 0.22), (0.05, 0.8), (0.15, 0.82), (0.27, 0.4), (0.27, 0.9),
+                    (0.5, 0.9)],
+    "tank top": [(0.5, 0.2), (0.4, 0.1), (0.33, 0.1), (0.3, 0.3), (0.25, 0.4), (0.25, 0.9), (0.5, 0.9)],
+    "hoodie": [(0.5, 0.2), (0.42, 0.06), (0.32, 0.08), (0.16, 0.24), (0.04, 0.82), (0.15, 0.84), (0.26, 0.42),
+               (0.26, 0.92), (0.5, 0.92)],
+    "shorts": [(0.5, 0.2), (0.24, 0.2), (0.18, 0.7), (0.44, 0.72), (0.5, 0.45)],
+    "trousers": [(0.5, 0.08), (0.28, 0.08), (0.22, 0.94), (0.42, 0.94), (0.5, 0.35)],
+    "skirt": [(0.5, 0.2), (0.34, 0.2), (0.16, 0.8), (0.5, 0.84)],
+    "dress": [(0.5, 0.1), (0.4, 0.08), (0.34, 0.1), (0.33, 0.34), (0.28, 0.46), (0.14, 0.94), (0.5, 0.96)],
+}
+GARMENTS = tuple(_HALF_OUTLINES)
+
+
+@dataclass(frozen=True)
+class Substrate:
+    """One substrate: the image and where its background is."""
+
+    image: np.ndarray  # H x W x 3 uint8, white background
+    background: np.ndarray  # H x W bool
+    garment: str
+
+
+def garment_outline(garment: str, size: int) -> list[tuple[float, float]]:
+    """The full outline in pixels: the half outline and its mirror."""
+    if garment not in _HALF_OUTLINES:
+        raise ConfigError(f"No garment called '{garment}'; choose one of {', '.join(GARMENTS)}.")
+    half = _HALF_OUTLINES[garment]
+    full = half + [(1 - x, y) for x, y in reversed(half)]
+    return [(x * size, y * size) for x, y in full]
+
+
+def draw_substrate(garment: str, size: int, colour: tuple[int, int, int]) -> Substrate:
+    """A garment in a plain colour on white."""
+    picture = Image.new("RGB", (size, size), (255, 255, 255))
+    mask = Image.new("L", (size, size), 0)
+    outline = garment_outline(garment, size)
+    ImageDraw.Draw(picture).polygon(outline, fill=tuple(colour))
+    ImageDraw.Draw(mask).polygon(outline, fill=255)
+    return Substrate(np.asarray(picture).copy(), np.asarray(mask) == 0, garment)
+
+
+def random_substrate(rng: np.random.Generator, size: int) -> Substrate:
+    garment = GARMENTS[int(rng.integers(len(GARMENTS)))]
+    colour = tuple(int(v) for v in rng.integers(20, 236, 3))  # never pure white: the garment must show
+    return draw_substrate(garment, size, colour)
+
+
+def swap_colour_axes(image: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """The paper's colour swap: the colour axes in another order."""
+    return image[..., list(order)].copy()
+
+
+def shift_colour(image: np.ndarray, axis: int) -> np.ndarray | None:
+    """The paper's colour shift: every value of one colour axis set to 255 -- or None when that
+    would lose information (two colours become one)."""
+    shifted = image.copy()
+    shifted[..., axis] = 255
+    before = len(np.unique(image.reshape(-1, 3), axis=0))
+    after = len(np.unique(shifted.reshape(-1, 3), axis=0))
+    return shifted if after == before else None
+
+
+def augment(substrate: Substrate, rng: np.random.Generator) -> Substrate:
+    """A random mix of the three augmentations; the background stays white and stays where it was
+    (flipped with the image)."""
+    image, background = substrate.image, substrate.background
+    if rng.random() < 0.5:
+        image = swap_colour_axes(image, tuple(int(v) for v in rng.permutation(3)))
+    if rng.random() < 0.3:
+        shifted = shift_colour(image, int(rng.integers(3)))
+        image = image if shifted is None else shifted
+    if rng.random() < 0.5:
+        image, background = image[:, ::-1].copy(), background[:, ::-1].copy()
+    return Substrate(image, background, substrate.garment)
+
+
+def substrate_batch(count: int, size: int, *, seed: int = 0, augmented: bool = True) -> list[Substrate]:
+    """``count`` substrates, deterministic by seed (substrate i depends on (seed, i) only)."""
+    if count < 1:
+        raise ConfigError("Ask for at least one substrate.")
+    batch = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        substrate = random_substrate(rng, size)
+        batch.append(augment(substrate, rng) if augmented else substrate)
+    return batch
+
+
+def to_tensor_pm1(substrates: list[Substrate]):
+    """(B, 3, S, S) in [-1, 1] and (B, 1, S, S) background masks, for G and the losses."""
+    import torch
+
+    images = torch.from_numpy(np.stack([s.image for s in substrates])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    background = torch.from_numpy(np.stack([s.background for s in substrates]))[:, None].float()
+    return images, background
