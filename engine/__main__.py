@@ -7,6 +7,7 @@
     python -m engine invert IMAGE --target ID|NAME [--preset NAME] [--weights c,s,tv,col] [--mask PNG]
                             [--jitter 16] [--optimizer lbfgs|adam|gd] [--features LAYER] --out DIR
     python -m engine dissect --model M --layer L --concepts bundled|PATH [--n 2000] --out DIR
+    python -m engine patterns train --classes goldfish zebra --steps N [--size 128] --out DIR [--resume]
     python -m engine models
 
 IMAGE is a file path or the name of a bundled sample (chelsea, coffee, ...). Later demo issues add
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.04, help="IoU above which a unit is a detector (default 0.04)")
     p.add_argument("--out", required=True, help="folder for the CSV and the HTML summary")
     p.set_defaults(run=cmd_dissect)
+    from .patterns.cli import add_parser as add_patterns_parser
+
+    add_patterns_parser(commands)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     return parser

@@ -373,11 +373,12 @@ def registry() -> JobRegistry:
 
 
 @contextlib.contextmanager
-def tqdm_progress(desc: str) -> Iterator[Progress]:
-    """A progress callback for the CLI that drives a tqdm bar (Ctrl-C is the CLI's cancel)."""
+def tqdm_progress(desc: str, *, disable: bool = False) -> Iterator[Progress]:
+    """A progress callback for the CLI that drives a tqdm bar (Ctrl-C is the CLI's cancel);
+    ``disable`` keeps it quiet (the non-lead ranks of a distributed run)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=1.0, desc=desc, unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+    bar = tqdm(total=1.0, desc=desc, unit="", disable=disable, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
                "{elapsed}<{remaining} {postfix}")
 
     def progress(fraction: float, message: str = "") -> bool:

@@ -121,3 +121,22 @@ def test_dissect_writes_csv_and_html(tmp_path):
                               str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
                              cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert missing.returncode == 2 and "There is no folder at" in missing.stderr
+
+
+def test_patterns_train_writes_checkpoint_samples_and_log_and_resumes(tmp_path):
+    env = {"GLASSBOX_DEVICE": "cpu", "PATH": "/usr/bin:/bin", "GLASSBOX_TEST_MODELS": "1"}
+    args = [sys.executable, "-m", "engine", "patterns", "train", "--model", "tiny_test_cnn", "--classes", "1", "3",
+            "--size", "32", "--sample-every", "2", "--checkpoint-every", "2", "--out", str(tmp_path / "run")]
+    first = subprocess.run(args + ["--steps", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
+    assert json.loads((run / "config.json").read_text())["class_names"] == ["class 1", "class 3"]
+    again = subprocess.run(args + ["--steps", "6", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env=env)
+    assert again.returncode == 0, again.stderr
+    steps = [int(line.split(",")[0]) for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]  # resumed at 5, one header
+    wrong = subprocess.run(args[:-2] + ["--out", str(run), "--steps", "8", "--resume", "--size", "64"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert wrong.returncode == 2 and "trained on classes" in wrong.stderr

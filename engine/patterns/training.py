@@ -1,0 +1,214 @@
+"""Training the conditional GAN against a frozen classifier (sec. 3), on one process or several.
+
+One step, as the paper describes it:
+
+1. a batch of 1-3 augmented substrates x, and one active class for the whole batch, chosen uniformly;
+2. y = G(x, f(t));
+3. D ascends L_cGAN on real pairs (x, x) -- the auxiliary set's own photos are the "real world" D
+   knows (sec. 5: the cGAN only judges whether the output looks like a real photo) -- and fake
+   pairs (x, y);
+4. G descends ``3 E[log(1 - D(x, y))] + 10 L_m + 50 L_VGG + 150 L_s``, the classifier seeing the
+   whole image resized (positive class) and three random crops (negative classes), in grey when
+   ``grayscale`` is on (the paper found that better).
+
+Every random choice of step k comes from (seed, k, rank), so a run resumed from a checkpoint takes
+exactly the steps it would have taken. Under ``torchrun`` each rank draws its own batch and
+DistributedDataParallel averages the gradients; rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError, ConfigError
+from ..models import ModelHandle
+from . import losses as L
+from .networks import Discriminator, Generator, tiled_class_input
+from .substrates import substrate_batch, to_tensor_pm1
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Sec. 3's settings; the CPU default size is 128 (the paper: 512)."""
+
+    classes: tuple[int, ...]
+    model: str = "efficientnet_lite0"
+    size: int = 128
+    batch: int = 2
+    lr: float = 2e-4
+    beta1: float = 0.5
+    weights: L.PatternLossWeights = field(default_factory=L.PatternLossWeights)
+    grayscale: bool = True
+    crops: int = 3
+    seed: int = 0
+    base: int = 32
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self, handle: ModelHandle) -> None:
+        if not 1 <= len(self.classes) <= 24:
+            raise ConfigError("Train on 1 to 24 classes (the paper restored up to 24).")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError("Each class may appear only once.")
+        bad = [c for c in self.classes if not 0 <= c < handle.num_classes]
+        if bad:
+            raise ConfigError(f"The classifier has classes 0 to {handle.num_classes - 1}; {bad} are not among them.")
+        if not 1 <= self.batch <= 8:
+            raise ConfigError("The batch holds 1 to 8 substrates (the paper: 1-3).")
+
+
+def class_probabilities(handle: ModelHandle, images: torch.Tensor, classes: torch.Tensor, *,
+                        grayscale: bool) -> torch.Tensor:
+    """The frozen classifier's probabilities of the chosen classes, (B, n), for images in [-1, 1];
+    the gradient flows back to the images."""
+    x = (images + 1) / 2
+    if grayscale:
+        x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand(-1, 3, -1, -1)
+    if x.shape[-1] != handle.input_size:
+        x = F.interpolate(x, size=(handle.input_size, handle.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return handle.logits(x).softmax(1)[:, classes]
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(hash((seed, step, rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class Trainer:
+    """G, D, their Adam optimisers and the step count; :meth:`step` runs one training step."""
+
+    def __init__(self, handle: ModelHandle, config: TrainConfig, *, distributed: bool = False):
+        config.validate(handle)
+        self.handle, self.config = handle, config
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.generator = Generator(len(config.classes), size=config.size, base=config.base)
+        self.discriminator = Discriminator()
+        self.g_model, self.d_model = self.generator, self.discriminator
+        self.rank = 0
+        if distributed:
+            import torch.distributed as dist
+
+            self.rank = dist.get_rank()
+            self.g_model = torch.nn.parallel.DistributedDataParallel(self.generator)
+            self.d_model = torch.nn.parallel.DistributedDataParallel(self.discriminator)
+        betas = (config.beta1, 0.999)
+        self.g_opt = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
+        self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        self.classes = torch.tensor(config.classes)
+        self.steps_done = 0
+
+    def batch(self, step: int):
+        """Substrates, background masks and the one-hot targets of step ``step`` (deterministic)."""
+        seed = self.config.seed * 1_000_003 + step * 64 + self.rank
+        substrates = substrate_batch(self.config.batch, self.config.size, seed=seed)
+        images, background = to_tensor_pm1(substrates)
+        rng = step_generator(self.config.seed, step, self.rank)
+        active = int(torch.randint(len(self.config.classes), (1,), generator=rng))
+        target = torch.zeros(self.config.batch, len(self.config.classes))
+        target[:, active] = 1.0
+        return images, background, target, rng
+
+    def generator_losses(self, images, background, target, output, rng) -> dict[str, torch.Tensor]:
+        """Every term of G's objective (unweighted) and their weighted total."""
+        weights = self.config.weights
+        resized = class_probabilities(self.handle, output, self.classes, grayscale=self.config.grayscale)
+        crops, _ = L.random_crops(output, count=self.config.crops, generator=rng)
+        flat = crops.flatten(0, 1)
+        crop_probs = class_probabilities(self.handle, flat, self.classes, grayscale=self.config.grayscale)
+        crop_probs = crop_probs.view(output.shape[0], self.config.crops, -1)
+        terms = {
+            "adversarial": L.generator_adversarial_loss(self.d_model(images, output)),
+            "mask": L.mask_loss(output, background),
+            "vgg": L.classifier_loss(resized, crop_probs, target),
+            "substrate": L.substrate_loss(images, output),
+            "target_prob": (resized * target).sum(1).mean().detach(),
+        }
+        terms["total"] = (weights.cgan * terms["adversarial"] + weights.mask * terms["mask"]
+                          + weights.vgg * terms["vgg"] + weights.substrate * terms["substrate"])
+        return terms
+
+    def step(self) -> dict[str, float]:
+        """One step of D, then one of G; returns the losses as numbers."""
+        images, background, target, rng = self.batch(self.steps_done)
+        tiles = tiled_class_input(target, generator=rng)
+        with torch.enable_grad():
+            output = self.g_model(images, tiles)
+            d_value = L.cgan_loss(self.d_model(images, images), self.d_model(images, output.detach()))
+            self.d_opt.zero_grad(set_to_none=True)
+            (-d_value).backward()  # D maximises L_cGAN
+            self.d_opt.step()
+            terms = self.generator_losses(images, background, target, output, rng)
+            self.g_opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            self.g_opt.step()
+        self.steps_done += 1
+        return {"cgan": float(d_value.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {"version": CHECKPOINT_VERSION, "config": self.config.as_dict(), "steps": self.steps_done,
+                "class_names": [self.handle.class_names[c] for c in self.config.classes],
+                "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+                "g_opt": self.g_opt.state_dict(), "d_opt": self.d_opt.state_dict()}
+
+    def save(self, path: Path) -> None:
+        """Atomically: a crash mid-write leaves the previous checkpoint whole."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            torch.save(self.state(), handle)
+        os.replace(handle.name, path)
+
+    def load(self, path: Path) -> None:
+        state = read_checkpoint(path)
+        if tuple(state["config"]["classes"]) != tuple(self.config.classes) or state["config"]["size"] != self.config.size:
+            raise CheckpointError(f"This checkpoint was trained on classes {state['config']['classes']} at "
+                                  f"{state['config']['size']} px; the run asks for {list(self.config.classes)} at "
+                                  f"{self.config.size} px.")
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.g_opt.load_state_dict(state["g_opt"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        self.steps_done = int(state["steps"])
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint written by :meth:`Trainer.save`, loaded without running any pickled code."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"There is no checkpoint at {path}.") from None
+    except Exception as error:  # noqa: BLE001 -- any unreadable file is a sentence, not a traceback
+        raise CheckpointError(f"{Path(path).name} is not a pattern-generator checkpoint ({type(error).__name__}).") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "generator" not in state:
+        raise CheckpointError(f"{Path(path).name} is not a pattern-generator checkpoint of this version.")
+    return state
+
+
+def sample_grid(trainer: Trainer, substrates: int = 3, seed: int = 12345) -> np.ndarray:
+    """Fixed substrates (rows) x each class (columns), uint8: the grid the CLI saves as it trains."""
+    config = trainer.config
+    images, _ = to_tensor_pm1(substrate_batch(substrates, config.size, seed=seed, augmented=False))
+    rows = []
+    with torch.no_grad():
+        for index in range(substrates):
+            row = [images[index]]
+            for c in range(len(config.classes)):
+                target = torch.zeros(1, len(config.classes))
+                target[0, c] = 1.0
+                tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + c))
+                row.append(trainer.generator(images[index:index + 1], tiles)[0])
+            rows.append(torch.cat(row, 2))
+    grid = torch.cat(rows, 1)
+    return ((grid.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
