@@ -153,3 +153,15 @@ def test_the_papers_augmentations():
     flipped = [int(f.image[40, 24].astype(int).sum()) < int(f.image[40, 40].astype(int).sum()) for f in flips]
     assert 5 < sum(flipped) < 35
     assert all((f.image[f.background] == 255).all() for f in flips)
+
+
+def test_quick_mode_paints_the_class_onto_one_substrate(lite0):
+    from engine.patterns import quick as Q
+    from engine.patterns import substrates as S
+
+    substrate = S.draw_substrate("t-shirt", 128, (90, 120, 200))
+    result = Q.quick_pattern(lite0, substrate.image, substrate.background, ["zebra"], config=Q.QuickConfig(steps=25))
+    assert result.total[-1] < result.total[0] and result.target_prob[-1] > 5 * result.target_prob[0]
+    assert result.image.shape == (128, 128, 3)
+    with pytest.raises(ConfigError, match="one to three"):
+        Q.quick_pattern(lite0, substrate.image, substrate.background, [1, 2, 3, 4])
