@@ -39,7 +39,7 @@ from bench_foundation import interleaved_medians, machine_description, render  #
 
 from engine import concepts as C  # noqa: E402
 from engine import dissection as D  # noqa: E402
-from engine import hooks, models  # noqa: E402
+from engine import models  # noqa: E402
 
 
 def pure_forward(handle, data, count, batch_size=32):

@@ -332,6 +332,22 @@ def render(table, markdown: bool) -> str:
     return "\n".join([title, rule, fmt(headers), rule, *map(fmt, rows), rule, *("  " + n for n in notes)]) + "\n"
 
 
+def quick_markdown_args(doc: str, argv=None) -> argparse.Namespace:
+    """The --quick / --markdown flags every issue's bench takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--markdown", action="store_true")
+    return parser.parse_args(argv)
+
+
+def chelsea_on_lite0():
+    """The bundled default model on the CPU and the chelsea photo as its input tensor."""
+    from engine import classify, images, models
+
+    handle = models.load_model("efficientnet_lite0", device="cpu")
+    return handle, classify.image_tensor(handle, images.load_sample("chelsea"))
+
+
 def machine_description() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")), "unknown CPU")

@@ -23,7 +23,6 @@ Timings are never test assertions.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_foundation import interleaved_medians, machine_description, render  # noqa: E402
+from bench_foundation import chelsea_on_lite0, interleaved_medians, machine_description, quick_markdown_args, render  # noqa: E402
 
-from engine import classify, images, models  # noqa: E402
+from engine import classify, images  # noqa: E402
 from engine import inversion as I  # noqa: E402
 
 TIGER = 292
@@ -148,12 +147,8 @@ def presets(handle, quick: bool) -> list[list]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
-    handle = models.load_model("efficientnet_lite0", device="cpu")
-    x = classify.image_tensor(handle, images.load_sample("chelsea"))
+    args = quick_markdown_args(__doc__, argv)
+    handle, x = chelsea_on_lite0()
     print(machine_description())
     print(render(("Cost per iteration (chelsea -> tiger, batch 1)",
                   ["loop", "ms per iteration", "passes per iteration", "x floor", "lucent / ours (classification only)"],

@@ -19,7 +19,6 @@ torchattacks pins an old ``requests``; install it for the bench only with
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -33,9 +32,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_foundation import interleaved_medians, machine_description, render  # noqa: E402
+from bench_foundation import chelsea_on_lite0, interleaved_medians, machine_description, quick_markdown_args, render  # noqa: E402
 
-from engine import classify, images, models  # noqa: E402
+from engine import classify, images  # noqa: E402
 from engine import relabel as R  # noqa: E402
 
 
@@ -110,12 +109,8 @@ def time_to_relabel(handle, quick: bool) -> list[list]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args(argv)
-    handle = models.load_model("efficientnet_lite0", device="cpu")
-    x = classify.image_tensor(handle, images.load_sample("chelsea"))
+    args = quick_markdown_args(__doc__, argv)
+    handle, x = chelsea_on_lite0()
     print(machine_description())
     print(render(("Cost per step (chelsea, batch 1)", ["pass", "ms per step", "steps/s", "x floor", "ours/torchattacks"],
                   per_step(handle, x, args.quick), ["relabel: a run of k steps makes k + 1 passes; per step = total / (k + 1), "

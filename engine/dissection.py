@@ -18,7 +18,7 @@ with IoU > 0.04). The stages, each its own function:
 
    where, as in NetDissect-Lite, a unit's activated area only counts towards a concept's union in
    images where the concept's category is annotated;
-5. :func:`best_concepts` -- the best concept per unit; a unit is a detector when that IoU > 0.04;
+5. the best concept per unit (:attr:`DissectionResult.best_concept`); a unit is a detector when that IoU > 0.04;
 6. top-k activating images per unit (by the unit's maximum activation in the image), kept during
    stage 1.
 
@@ -341,12 +341,17 @@ class Tally:
         return iou.astype(np.float32), unions
 
 
+def category_table(concepts) -> tuple[list[str], np.ndarray]:
+    """The set's categories (sorted) and each concept's index among them."""
+    categories = sorted({c.category for c in concepts.concepts})
+    return categories, np.array([categories.index(c.category) for c in concepts.concepts])
+
+
 def tally(store: ActivationStore, concepts, thresholds: np.ndarray, *, count: int, batch_size: int,
           progress: Progress | None = None, span: tuple[float, float] = (0.0, 1.0)) -> Tally:
     """Stages 3-4 over the whole set, batch by batch (memory bounded by the batch)."""
-    categories = sorted({c.category for c in concepts.concepts})
+    categories, concept_category = category_table(concepts)
     category_index = {name: i for i, name in enumerate(categories)}
-    concept_category = np.array([category_index[c.category] for c in concepts.concepts])
     units = store.shape[1]
     sums = Tally.empty(units, len(concepts.concepts), len(categories))
     limits = torch.from_numpy(thresholds)
@@ -388,12 +393,6 @@ def _tally_batch(sums: Tally, maps: torch.Tensor, limits: torch.Tensor, samples,
                 sums.unit_area[units, category_index[category]] += counts[:, -1]
         if len(ids):
             sums.intersections[np.ix_(units, ids)] += counts[:, :-1]
-
-
-def upsampled_masks(maps: torch.Tensor, limits: torch.Tensor, size: int) -> torch.Tensor:
-    """Stage 3: (units, h, w) maps -> bilinear to size x size -> above each unit's threshold, flattened."""
-    big = F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return (big > limits.view(-1, 1, 1)).reshape(len(maps), -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,9 +461,7 @@ def dissect(handle: ModelHandle, concepts, layer: str | None = None, config: Dis
             store.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    categories = sorted({c.category for c in concepts.concepts})
-    concept_category = np.array([categories.index(c.category) for c in concepts.concepts])
-    iou, unions = sums.iou(concept_category)
+    iou, unions = sums.iou(category_table(concepts)[1])
     timings["total"] = time.perf_counter() - started
     result = DissectionResult(
         model=handle.name, layer=info.name, dataset=concepts.name, dataset_key=concepts.key, images=count,
@@ -476,12 +473,6 @@ def dissect(handle: ModelHandle, concepts, layer: str | None = None, config: Dis
         save_result(result, path)
     report(progress, 1.0, result.summary())
     return result
-
-
-def best_concepts(result: DissectionResult) -> list[tuple[int, str, float]]:
-    """Stage 5 as a list: (unit, best concept, IoU), best first."""
-    order = np.argsort(-result.best_iou, kind="stable")
-    return [(int(u), result.concept_names[result.best_concept[u]], float(result.best_iou[u])) for u in order]
 
 
 def save_result(result: DissectionResult, path: Path) -> None:

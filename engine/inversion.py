@@ -41,7 +41,6 @@ from .images import to_uint8
 from .models import LayerInfo, ModelHandle
 from .progress import Progress, report
 
-TERMS = ("classification", "content", "style", "tv", "colour")
 MAX_JITTER = 64
 OPTIMIZERS = ("lbfgs", "adam", "gd")
 

@@ -104,3 +104,10 @@ def screenshot(page, name: str) -> Path:
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(size)
     return path
+
+
+def click_and_wait(page, button: str, result_text: str, timeout_ms: int = 120_000) -> None:
+    """Press a button (by its exact name), wait until ``result_text`` shows and the app is idle."""
+    page.get_by_role("button", name=button, exact=True).click()
+    page.get_by_text(result_text).first.wait_for(timeout=timeout_ms)
+    wait_for_app(page)

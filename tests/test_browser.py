@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine import images
-from tests.browser import chromium_page, screenshot, streamlit_server, wait_for_app
+from tests.browser import chromium_page, click_and_wait, screenshot, streamlit_server, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -92,9 +92,7 @@ def test_relabel_page_turns_the_cat_into_a_half_track(server):
     with chromium_page() as page:
         page.goto(f"{server}/relabel?image=chelsea&target=586")
         wait_for_app(page, "Turn this image into a:")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("Relabelled to").first.wait_for(timeout=120_000)
-        wait_for_app(page)
+        click_and_wait(page, "Run", "Relabelled to")
         assert page.get_by_text("relabelled · half track").count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "relabel-half-track")
@@ -119,9 +117,7 @@ def test_inversion_page_paints_a_mask_and_runs(server):
         steps.fill("12")
         steps.press("Enter")
         wait_for_app(page)
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("After 12 steps").first.wait_for(timeout=120_000)
-        wait_for_app(page)
+        click_and_wait(page, "Run", "After 12 steps")
         assert page.get_by_text("Snapshots: step").count()
         assert not page.get_by_text("The mask is empty").count()
         assert not page.get_by_text("Traceback").count()
@@ -132,9 +128,7 @@ def test_dissection_page_runs_and_shows_a_clicked_unit(server):
     with chromium_page() as page:
         page.goto(f"{server}/dissection?image=chelsea")
         wait_for_app(page, "Concept images")
-        page.get_by_role("button", name="Dissect", exact=True).click()
-        page.get_by_text("have IoU >").first.wait_for(timeout=240_000)
-        wait_for_app(page)
+        click_and_wait(page, "Dissect", "have IoU >", timeout_ms=240_000)
         screenshot(page, "dissection-histogram")
         heading = page.locator("h3").filter(has_text="IoU").first.inner_text()  # "Unit 581: dots (IoU 0.135)"
         grid = page.locator('[data-testid="stDataFrame"]').first

@@ -78,7 +78,6 @@ def brute_force_iou(handle, concepts, layer, quantile):
         maps.append(captured[layer][0].float())
     maps = torch.stack(maps)  # (N, C, h, w)
     thresholds = torch.quantile(maps.transpose(0, 1).reshape(info.channels, -1), 1 - quantile, dim=1)
-    categories = sorted({c.category for c in concepts.concepts})
     inter = np.zeros((info.channels, len(concepts.concepts)))
     union = np.zeros_like(inter)
     for index in range(len(concepts)):
