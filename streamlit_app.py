@@ -57,6 +57,9 @@ PAGES: tuple[PageEntry, ...] = (
               "Which units of a layer detect which concepts? Network Dissection's IoU between each unit's "
               "strongest activations and concept masks, on a bundled set of colours, textures and shapes "
               "or your own Broden-format data."),
+    PageEntry("pages/patterns.py", "Patterns", ":material/checkroom:", "patterns",
+              "Paint what the classifier thinks a class looks like onto a garment: Chaplygin & Chacksfield's "
+              "conditional GAN from a trained checkpoint, or a quick direct optimisation with the same losses."),
 )
 
 

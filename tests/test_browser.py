@@ -9,7 +9,7 @@ from tests.browser import chromium_page, click_and_wait, screenshot, streamlit_s
 
 pytestmark = pytest.mark.browser
 
-NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion", "Dissection"]
+NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns"]
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,26 @@ def test_dissection_page_runs_and_shows_a_clicked_unit(server):
         assert not page.get_by_text("Traceback").count()
         page.get_by_text("Share of your image above the threshold").first.scroll_into_view_if_needed()
         screenshot(page, "dissection-unit")
+
+
+def test_patterns_page_quick_mode_and_a_checkpoint(server, tmp_path):
+    from engine import models
+    from engine.patterns import training as T
+
+    handle = models.load_model(models.TEST_MODEL)
+    trainer = T.Trainer(handle, T.TrainConfig(classes=(1, 3), model=handle.name, size=64, base=8))
+    trainer.step()
+    trainer.save(tmp_path / "checkpoint.pt")
+    with chromium_page() as page:
+        page.goto(f"{server}/patterns?image=chelsea")
+        wait_for_app(page, "Quick mode")
+        click_and_wait(page, "Paint", "The classifier on the result", timeout_ms=180_000)
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "patterns-quick")
+        page.get_by_text("Generate with a trained checkpoint").click()
+        wait_for_app(page, "Upload a checkpoint")
+        page.locator('[data-testid="stFileUploader"]').filter(has_text="Checkpoint").locator(
+            'input[type="file"]').set_input_files(str(tmp_path / "checkpoint.pt"))
+        wait_for_app(page, "A 64 px generator for class 1, class 3")
+        page.get_by_text("Pattern PNG").first.wait_for()
+        screenshot(page, "patterns-generate")

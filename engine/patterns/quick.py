@@ -46,7 +46,9 @@ class QuickResult:
 def quick_pattern(handle: ModelHandle, substrate: np.ndarray, background: np.ndarray, classes: list[int],
                   weights: list[float] | None = None, config: QuickConfig = QuickConfig(), *,
                   progress: Progress | None = None) -> QuickResult:
-    """Paint up to three classes (with mixing weights) onto one substrate (H x W x 3 uint8)."""
+    """Paint up to three classes onto one substrate (H x W x 3 uint8). The mixing weights, normalised
+    to sum 1, are the target vector t of L_VGG: one class aims at probability 1, two equal ones at 0.5
+    each."""
     if not 1 <= len(classes) <= 3:
         raise ConfigError("Mix one to three classes.")
     weights = weights or [1.0] * len(classes)
@@ -65,7 +67,7 @@ def quick_pattern(handle: ModelHandle, substrate: np.ndarray, background: np.nda
             resized = class_probabilities(handle, image, ids, grayscale=config.grayscale)
             crops, _ = L.random_crops(image, generator=generator)
             crop_probs = class_probabilities(handle, crops.flatten(0, 1), ids, grayscale=config.grayscale)
-            total = (config.vgg * L.classifier_loss(resized, crop_probs.view(1, 3, -1), (target > 0).float())
+            total = (config.vgg * L.classifier_loss(resized, crop_probs.view(1, 3, -1), target)
                      + config.substrate * L.substrate_loss(original, image) + config.mask * L.mask_loss(image, mask))
             optimiser.zero_grad(set_to_none=True)
             total.backward()
