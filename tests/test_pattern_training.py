@@ -41,6 +41,15 @@ def test_saving_and_resuming_gives_an_identical_next_step(tiny, tmp_path):
     second.load(tmp_path / "ck.pt")
     assert second.steps_done == 3
     assert second.step() == expected
+    second.export_generator(tmp_path / "g.pt")
+    small, full = (tmp_path / "g.pt").stat().st_size, (tmp_path / "ck.pt").stat().st_size
+    assert small < full / 3
+    from engine.patterns import generate as G
+
+    loaded = G.load_generator(T.read_checkpoint(tmp_path / "g.pt"))
+    assert loaded.steps == 4 and loaded.class_names == ("class 1", "class 3")
+    with pytest.raises(CheckpointError, match="holds only a generator"):
+        second.load(tmp_path / "g.pt")
     grid = T.sample_grid(second, substrates=2)
     assert grid.shape == (2 * 32, 3 * 32, 3) and grid.dtype == np.uint8
 

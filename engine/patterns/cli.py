@@ -37,6 +37,23 @@ def add_parser(commands) -> None:
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     t.add_argument("--out", required=True)
     t.set_defaults(run=cmd_train)
+    e = sub.add_parser("export", help="write the generator alone from a training checkpoint (a small file to ship)")
+    e.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
+    e.add_argument("--out", required=True, help="the .pt file to write")
+    e.set_defaults(run=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    state = T.read_checkpoint(Path(args.checkpoint))
+    handle = models.load_model(state["config"]["model"])
+    trainer = T.Trainer(handle, T.TrainConfig(**{**state["config"], "classes": tuple(state["config"]["classes"]),
+                                                  "weights": T.L.PatternLossWeights(**state["config"]["weights"])}))
+    trainer.load(Path(args.checkpoint))
+    trainer.export_generator(Path(args.out))
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB): the generator for {', '.join(state['class_names'])}, "
+          f"{state['steps']} steps")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -170,8 +170,20 @@ class Trainer:
             torch.save(self.state(), handle)
         os.replace(handle.name, path)
 
+    def export_generator(self, path: Path) -> None:
+        """The generator alone (no D, no optimiser state): the small file a page generates from."""
+        state = {k: v for k, v in self.state().items() if k not in ("discriminator", "g_opt", "d_opt")}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+            torch.save(state, handle)
+        os.replace(handle.name, path)
+
     def load(self, path: Path) -> None:
         state = read_checkpoint(path)
+        if "discriminator" not in state:
+            raise CheckpointError(f"{Path(path).name} holds only a generator (an export); training resumes from the "
+                                  "full checkpoint.pt of a run.")
         if tuple(state["config"]["classes"]) != tuple(self.config.classes) or state["config"]["size"] != self.config.size:
             raise CheckpointError(f"This checkpoint was trained on classes {state['config']['classes']} at "
                                   f"{state['config']['size']} px; the run asks for {list(self.config.classes)} at "
