@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from engine import cache, images, models
+from engine import cache, images, jobs, models
 from engine.errors import GlassboxError
 
 # The selection of the page run in progress, set by the router for the duration of one run.
@@ -299,6 +299,25 @@ def ensure_frame() -> Selection:
         return selection
     main()
     st.stop()
+
+
+def job_row(status: jobs.JobStatus) -> None:
+    """One job as every page shows it: progress with queue position and ETA, and a Cancel button."""
+    where = f" (queued, position {status.queue_position})" if status.queue_position else ""
+    eta = f" · about {status.eta_s:.0f} s left" if status.eta_s is not None and not status.finished else ""
+    c1, c2 = st.columns([5, 1])
+    c1.progress(status.fraction, text=f"{status.title}: {status.message or status.state}{where}{eta}")
+    if not status.finished and c2.button("Cancel", key=f"cancel_{status.id}"):
+        jobs.registry().cancel(status.id)
+
+
+@st.fragment(run_every=0.8)
+def job_progress(job_id: str) -> None:
+    """Poll one job until it finishes, then rerun the page to show its result (reloads do not stop it)."""
+    status = jobs.registry().status(job_id)
+    job_row(status)
+    if status.finished:
+        st.rerun()
 
 
 def require_model(selection: Selection) -> models.ModelHandle:

@@ -11,7 +11,7 @@ from engine import classify, images, jobs, plots
 from engine import concepts as C
 from engine import dissection as D
 from engine.errors import GlassboxError
-from streamlit_app import ensure_frame, require_model, set_url_value, url_value
+from streamlit_app import ensure_frame, job_progress, require_model, set_url_value, url_value
 
 selection = ensure_frame()
 handle = require_model(selection)
@@ -91,25 +91,13 @@ if run:
                                    title=f"Dissect {layer}", key=key)
 
 
-@st.fragment(run_every=0.8)
-def live(job_id: str) -> None:
-    current = jobs.registry().status(job_id)
-    c1, c2 = st.columns([5, 1])
-    eta = f" · about {current.eta_s:.0f} s left" if current.eta_s else ""
-    c1.progress(current.fraction, text=f"{current.title}: {current.message or current.state}{eta}")
-    if not current.finished and c2.button("Cancel", key=f"cancel_{job_id}"):
-        jobs.registry().cancel(job_id)
-    if current.finished:
-        st.rerun()
-
-
 status = jobs.registry().find(key)
 if status is None:
     st.info("Press **Dissect** to run. The first run on the bundled set generates it (a few seconds per thousand "
             "images); results are kept on disk, so the same layer opens instantly next time.")
     st.stop()
 if not status.finished:
-    live(status.id)
+    job_progress(status.id)
     st.stop()
 if status.state != "done":
     st.error(status.error or "The dissection was cancelled.")

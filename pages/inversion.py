@@ -14,7 +14,7 @@ from engine import cache, classify, images, jobs, plots
 from engine import inversion as I
 from engine.errors import GlassboxError
 from engine.relabel import difference_image
-from streamlit_app import class_picker, ensure_frame, require_model, set_url_value, url_value
+from streamlit_app import class_picker, ensure_frame, job_row, require_model, set_url_value, url_value
 
 selection = ensure_frame()
 handle = require_model(selection)
@@ -118,11 +118,7 @@ def submit(fn, key: str, title: str, *args, **kwargs) -> None:
 @st.fragment(run_every=0.7)
 def live(job_id: str, key: str, label: str) -> None:
     current = jobs.registry().status(job_id)
-    c1, c2 = st.columns([5, 1])
-    eta = f" · about {current.eta_s:.0f} s left" if current.eta_s else ""
-    c1.progress(current.fraction, text=f"{current.title}: {current.message or current.state}{eta}")
-    if not current.finished and c2.button("Cancel", key=f"cancel_{job_id}"):
-        jobs.registry().cancel(job_id)
+    job_row(current)
     records = list(live_records().get(key) or [])
     if records:
         shots = [r for r in records if "image" in r]

@@ -16,7 +16,7 @@ from engine.patterns import generate as G
 from engine.patterns import quick as Q
 from engine.patterns import substrates as S
 from engine.patterns import training as T
-from streamlit_app import ensure_frame, require_model
+from streamlit_app import ensure_frame, job_progress, require_model
 
 selection = ensure_frame()
 handle = require_model(selection)
@@ -61,17 +61,6 @@ def class_mix(names: list[str], default: list[str]) -> dict[str, float]:
     return weights
 
 
-@st.fragment(run_every=0.8)
-def live(job_id: str) -> None:
-    current = jobs.registry().status(job_id)
-    c1, c2 = st.columns([5, 1])
-    c1.progress(current.fraction, text=f"{current.title}: {current.message or current.state}")
-    if not current.finished and c2.button("Cancel", key=f"cancel_{job_id}"):
-        jobs.registry().cancel(job_id)
-    if current.finished:
-        st.rerun()
-
-
 if mode == "quick":
     size = st.select_slider("Size (px)", [128, 256], value=128, key="pat_size")
     substrate = pick_substrate(size)
@@ -93,7 +82,7 @@ if mode == "quick":
                 st.error(str(error))
         status = jobs.registry().find(key)
         if status is not None and not status.finished:
-            live(status.id)
+            job_progress(status.id)
         elif status is not None and status.state == "done":
             result: Q.QuickResult = status.result
             c1, c2 = st.columns(2)

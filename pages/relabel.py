@@ -11,7 +11,7 @@ from PIL import Image
 from engine import cache, classify, images, jobs, plots
 from engine import relabel as R
 from engine.errors import GlassboxError
-from streamlit_app import class_picker, ensure_frame, require_model, set_url_value, url_value
+from streamlit_app import class_picker, ensure_frame, job_row, require_model, set_url_value, url_value
 
 selection = ensure_frame()
 handle = require_model(selection)
@@ -127,10 +127,7 @@ if swap:  # the partner photo is read and decoded only in swap mode, through the
 @st.fragment(run_every=0.7)
 def live(job_id: str, key: str) -> None:
     current = jobs.registry().status(job_id)
-    c1, c2 = st.columns([5, 1])
-    c1.progress(current.fraction, text=f"{current.title}: {current.message or current.state}")
-    if not current.finished and c2.button("Cancel", key=f"cancel_{job_id}"):
-        jobs.registry().cancel(job_id)
+    job_row(current)
     observed = st.session_state.get(f"observer_{key}") or []
     if observed:
         st.plotly_chart(plots.relabel_steps_figure([o["target"] for o in observed], [o["original"] for o in observed],

@@ -10,7 +10,7 @@ import streamlit as st
 from engine import cache, classify, images, jobs, plots
 from engine import saliency as S
 from engine.errors import GlassboxError
-from streamlit_app import class_picker, ensure_frame, require_model, set_url_value, url_value
+from streamlit_app import class_picker, ensure_frame, job_row, require_model, set_url_value, url_value
 
 selection = ensure_frame()
 handle = require_model(selection)
@@ -251,12 +251,7 @@ def progress_panel(job_ids: list[str]) -> None:
     """Polls the running jobs; a widget click or reload does not stop them (they live in the registry)."""
     statuses = [jobs.registry().status(job_id) for job_id in job_ids]
     for status in statuses:
-        eta = f", about {status.eta_s:.0f} s left" if status.eta_s is not None and not status.finished else ""
-        where = f" (queued, position {status.queue_position})" if status.queue_position else ""
-        c1, c2 = st.columns([5, 1])
-        c1.progress(status.fraction, text=f"{status.title}: {status.message or status.state}{where}{eta}")
-        if not status.finished and c2.button("Cancel", key=f"cancel_{status.id}"):
-            jobs.registry().cancel(status.id)
+        job_row(status)
     if all(status.finished for status in statuses):
         st.rerun()
 
