@@ -301,14 +301,14 @@ def ensure_frame() -> Selection:
     st.stop()
 
 
-def job_row(status: jobs.JobStatus) -> None:
+def job_row(status: jobs.JobStatus, *, pool: str = "default", cancel_label: str = "Cancel") -> None:
     """One job as every page shows it: progress with queue position and ETA, and a Cancel button."""
     where = f" (queued, position {status.queue_position})" if status.queue_position else ""
     eta = f" · about {status.eta_s:.0f} s left" if status.eta_s is not None and not status.finished else ""
     c1, c2 = st.columns([5, 1])
     c1.progress(status.fraction, text=f"{status.title}: {status.message or status.state}{where}{eta}")
-    if not status.finished and c2.button("Cancel", key=f"cancel_{status.id}"):
-        jobs.registry().cancel(status.id)
+    if not status.finished and c2.button(cancel_label, key=f"cancel_{status.id}"):
+        jobs.registry(pool).cancel(status.id)
 
 
 @st.fragment(run_every=0.8)

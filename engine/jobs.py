@@ -66,6 +66,7 @@ class JobStatus:
     error: str | None = None
     result: Any = None
     detail: str | None = None  # traceback text for logs; never shown to a student
+    key: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -209,7 +210,7 @@ class JobRegistry:
         position = self._queue.index(job) + 1 if job.state is JobState.QUEUED else None
         return JobStatus(job.id, job.title, job.state, job.fraction, job.message, eta, elapsed,
                          position, job.error, job.result if job.state is JobState.DONE else None,
-                         job.detail)
+                         job.detail, job.key)
 
     def _start_waiting(self) -> None:
         running = sum(job.state is JobState.RUNNING for job in self._jobs.values())
@@ -355,21 +356,31 @@ def _child_main(call: tuple, messages: Any, cancel_event: Any) -> None:
     messages.join_thread()
 
 
-_registry: JobRegistry | None = None
+_registries: dict[str, JobRegistry] = {}
 _registry_lock = threading.Lock()
+POOLS = ("default", "training")
 
 
-def registry() -> JobRegistry:
-    """The one registry of this server process, shared by every browser session."""
-    global _registry
+def registry(pool: str = "default") -> JobRegistry:
+    """One registry per pool in this server process, shared by every browser session.
+
+    ``default`` runs the pages' short jobs one at a time (GLASSBOX_MAX_JOBS to change); ``training``
+    runs long trainings (minutes to hours) one at a time beside it, so a training does not hold up
+    everybody's saliency maps, and gives a stopping run 60 s to write its checkpoint.
+    """
+    if pool not in POOLS:
+        raise JobError(f"There is no job pool called {pool!r}.")
     with _registry_lock:
-        if _registry is None:
-            try:
-                max_running = int(os.environ.get("GLASSBOX_MAX_JOBS", "1"))
-            except ValueError:
-                max_running = 1
-            _registry = JobRegistry(max_running=max_running)
-        return _registry
+        if pool not in _registries:
+            if pool == "training":
+                _registries[pool] = JobRegistry(max_running=1, max_queued=4, cancel_grace_s=60.0)
+            else:
+                try:
+                    max_running = int(os.environ.get("GLASSBOX_MAX_JOBS", "1"))
+                except ValueError:
+                    max_running = 1
+                _registries[pool] = JobRegistry(max_running=max_running)
+        return _registries[pool]
 
 
 @contextlib.contextmanager

@@ -178,15 +178,16 @@ def relabel_steps_figure(target_prob, original_prob, distortion, *, target_label
 
 
 TERM_COLOURS = {"total": "#222", "classification": ACCENT, "content": "#e4572e", "style": "#76b041", "tv": "#9c4dcc",
-                "colour": "#f0a202", "representation": ACCENT, "alpha_norm": "#e4572e", "tv_beta": "#9c4dcc"}
+                "colour": "#f0a202", "representation": ACCENT, "alpha_norm": "#e4572e", "tv_beta": "#9c4dcc",
+                "cGAN (G)": "#76b041", "mask": "#f0a202", "classifier": ACCENT, "substrate": "#e4572e"}
 
 
 def inversion_loss_figure(terms: dict[str, "np.ndarray"], total, *, target_prob=None, target_label: str = "",
-                          log: bool = False) -> go.Figure:
+                          log: bool = False, steps=None) -> go.Figure:
     """Each weighted loss term per step (as it enters the total), the total, and p(target) on the right."""
     from plotly.subplots import make_subplots
 
-    steps = list(range(len(total)))
+    steps = list(range(len(total))) if steps is None else [int(s) for s in steps]
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     figure.add_trace(go.Scatter(x=steps, y=list(total), name="total", line=dict(color=TERM_COLOURS["total"], width=3)))
     for name, values in terms.items():

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,62 +13,371 @@ from engine import images, jobs, plots
 from engine.errors import GlassboxError
 from engine.patterns import generate as G
 from engine.patterns import quick as Q
+from engine.patterns import runs as R
 from engine.patterns import substrates as S
 from engine.patterns import training as T
-from streamlit_app import ensure_frame, job_progress, require_model
+from engine.patterns.cli import parse_weights
+from streamlit_app import ensure_frame, job_progress, job_row, require_model, set_url_value, url_value
 
 selection = ensure_frame()
 handle = require_model(selection)
 
 st.title("Patterns")
-st.caption("Chaplygin & Chacksfield: a conditional GAN paints what the classifier believes a class looks like onto a "
-           "blank garment, trained with the classifier as a critic (whole image for the wanted class, random crops "
-           "against the others). Quick mode skips the GAN and optimises one garment directly with the same losses.")
+st.caption("Chaplygin & Chacksfield (2019): a conditional GAN learns to paint what the classifier believes a class "
+           "looks like onto a blank garment. The classifier is the critic: the whole image must show the wanted class, "
+           "random crops must show none of the others, and the garment and its white background should survive.")
 
-MODES = {"quick": "Quick mode (no GAN, about half a minute)", "generate": "Generate with a trained checkpoint"}
-mode = st.segmented_control("Mode", list(MODES), key="pat_mode", format_func=MODES.get, required=True,
-                            default="quick")
+MODES = {"generate": "Generate", "train": "Train a generator", "quick": "Quick mode (no GAN)"}
+if "pat_mode" not in st.session_state:
+    st.session_state.pat_mode = url_value("mode") if url_value("mode") in MODES else "generate"
+mode = st.segmented_control("Mode", list(MODES), key="pat_mode", format_func=MODES.get, required=True)
+set_url_value("mode", None if mode == "generate" else mode)
+DEFAULT_CLASSES = ["goldfish", "zebra", "flamingo", "jaguar", "giant panda"]
 
 
-def pick_substrate(size: int) -> S.Substrate | None:
+def pick_substrate(size: int, key: str) -> S.Substrate | None:
     """A generated garment or an uploaded photo; None with a sentence when the upload is unusable."""
-    source = st.radio("Substrate", ["garment", "upload"], horizontal=True, key="pat_source",
+    source = st.radio("Substrate", ["garment", "upload"], horizontal=True, key=f"{key}_source",
                       format_func={"garment": "A generated garment", "upload": "Your own garment photo"}.get)
     if source == "garment":
         c1, c2 = st.columns([2, 1])
-        garment = c1.selectbox("Garment", S.GARMENTS, key="pat_garment")
-        colour = c2.color_picker("Colour", "#5a78c8", key="pat_colour")
+        garment = c1.selectbox("Garment", S.GARMENTS, key=f"{key}_garment")
+        colour = c2.color_picker("Colour", "#5a78c8", key=f"{key}_colour")
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
         return S.draw_substrate(garment, size, rgb)
-    upload = st.file_uploader("A garment on a white background", type=["png", "jpg", "jpeg", "webp"], key="pat_upload")
+    upload = st.file_uploader("A garment on a white background", type=["png", "jpg", "jpeg", "webp"],
+                              key=f"{key}_upload")
     if upload is None:
         st.info("Upload a photo of a garment on white; its near-white pixels count as background.")
         return None
     try:
-        return G.substrate_from_picture(np.asarray(images.decode_image(upload.getvalue())), size)
+        return S.substrate_from_picture(np.asarray(images.decode_image(upload.getvalue())), size)
     except GlassboxError as error:
-        st.error(str(error))
+        st.error(f"{upload.name}: {error}")
         return None
 
 
-def class_mix(names: list[str], default: list[str]) -> dict[str, float]:
-    chosen = st.multiselect("Classes (up to three)", names, default=default, max_selections=3, key=f"pat_classes_{mode}")
+def class_mix(names: list[str], default: list[str], key: str) -> dict[str, float]:
+    chosen = st.multiselect("Classes (up to three, mixed)", names, default=[d for d in default if d in names],
+                            max_selections=3, key=f"{key}_classes")
     weights = {}
     columns = st.columns(max(len(chosen), 1))
     for column, name in zip(columns, chosen):
-        weights[name] = column.slider(f"weight of {name}", 0.0, 1.0, 1.0, 0.05, key=f"pat_w_{mode}_{name}")
+        weights[name] = column.slider(f"weight of {name}", 0.0, 1.0, 1.0, 0.05, key=f"{key}_w_{name}")
     return weights
 
 
-if mode == "quick":
-    size = st.select_slider("Size (px)", [128, 256], value=128, key="pat_size")
-    substrate = pick_substrate(size)
-    weights = class_mix(list(handle.class_names), ["zebra"] if "zebra" in handle.class_names else [handle.class_names[0]])
-    steps = st.slider("Steps", 10, 200, 80, 10, key="pat_steps")
-    grey = st.toggle("Show the classifier grey images (the paper found it better)", key="pat_grey")
-    if substrate is not None and weights:
-        key = "|".join(["patterns-quick", handle.name, str(size), str(steps), str(grey), json.dumps(weights, sort_keys=True),
-                        images.image_digest(substrate.image.tobytes())])
+def show_top5(picture: np.ndarray, *, highlight: int | None, title: str, key: str) -> None:
+    prediction = handle.classify(images.to_tensor(images.fit_square(picture, handle.input_size), device=handle.device))
+    st.plotly_chart(plots.topk_bar(prediction, highlight=highlight, title=title), width="stretch", key=key)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def cached_generator(path: str, stamp: float) -> G.LoadedGenerator:
+    return G.load_generator_file(Path(path))
+
+
+def load_file(path: Path) -> G.LoadedGenerator:
+    return cached_generator(str(path), path.stat().st_mtime)
+
+
+# --- Generate ---------------------------------------------------------------------------------------------
+
+def generate_view() -> None:
+    runs_with_checkpoints = [p for p in R.list_runs() if (p / "checkpoint.pt").is_file()]
+    sources = ["shipped"] + [f"run:{p.name}" for p in runs_with_checkpoints] + ["upload"]
+    labels = {"shipped": "Shipped generator (5 classes)", "upload": "Upload a checkpoint",
+              **{f"run:{p.name}": f"Run '{p.name}' trained here" for p in runs_with_checkpoints}}
+    source = st.selectbox("Generator", sources, format_func=labels.get, key="gen_generator")
+    try:
+        if source == "shipped":
+            if not G.SHIPPED.is_file():
+                st.error(f"The shipped generator is missing ({G.SHIPPED}); reinstall, or train one in *Train*.")
+                return
+            loaded = load_file(G.SHIPPED)
+        elif source == "upload":
+            upload = st.file_uploader("checkpoint.pt of a run, or a generator exported with `python -m engine patterns "
+                                      "export`", type=["pt"], key="gen_checkpoint")
+            if upload is None:
+                st.info("Upload a checkpoint to generate.")
+                return
+            loaded = uploaded_generator(upload.getvalue())
+        else:
+            loaded = load_file(R.runs_root() / source.removeprefix("run:") / "checkpoint.pt")
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    st.caption(f"A {loaded.size} px generator for {', '.join(loaded.class_names)}, trained {loaded.steps} steps "
+               f"against {loaded.model or 'a classifier'}.")
+    notice = G.check_classifier(loaded, handle)
+    if notice:
+        st.info(notice)
+    left, right = st.columns([1, 2])
+    with left:
+        substrate = pick_substrate(loaded.size, "gen")
+        weights = class_mix(list(loaded.class_names), [loaded.class_names[0]], "gen")
+        seed = st.number_input("Noise seed (f(t) is sampled)", 0, 10_000, 0, key="gen_seed")
+    if substrate is None:
+        return
+    if not weights or not any(weights.values()):
+        right.info("Pick at least one class with a weight above 0.")
+        return
+    try:
+        pattern = G.generate(loaded, substrate.image, {loaded.class_names.index(n): w for n, w in weights.items()},
+                             seed=int(seed))
+        strip = [G.generate(loaded, substrate.image, {i: 1.0}, seed=int(seed)) for i in range(len(loaded.class_names))]
+    except GlassboxError as error:
+        right.error(str(error))
+        return
+    with right:
+        c1, c2 = st.columns(2)
+        c1.image(substrate.image, caption="substrate", width="stretch")
+        c2.image(pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in weights.items()), width="stretch")
+        target = loaded.class_ids[loaded.class_names.index(max(weights, key=weights.get))]
+        show_top5(pattern, highlight=target, title=f"{handle.name} on the pattern", key="gen_top5")
+        st.download_button("Pattern PNG", images.to_png_bytes(pattern), "pattern.png", "image/png")
+    st.markdown("**Every class of this generator on this garment**")
+    for column, name, picture in zip(st.columns(len(strip)), loaded.class_names, strip):
+        column.image(picture, caption=name, width="stretch")
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def uploaded_generator(data: bytes) -> G.LoadedGenerator:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "checkpoint.pt"
+        path.write_bytes(data)
+        return G.load_generator_file(path)
+
+
+# --- Train ------------------------------------------------------------------------------------------------
+
+def run_job(folder: Path) -> jobs.JobStatus | None:
+    """The latest training job of this run folder, if this server still remembers one."""
+    prefix = f"pattern-train|{folder}|"
+    mine = [s for s in jobs.registry("training").list() if (s.key or "").startswith(prefix)]
+    return mine[-1] if mine else None
+
+
+def start_training(folder: Path, config: T.TrainConfig | None, steps: int, *, resume: bool) -> None:
+    start = 0 if not resume else (R.view_run(folder).checkpoint_steps or 0)
+    jobs.registry("training").submit(
+        R.train_run, str(folder), config, int(steps), resume=resume, sample_every=25, checkpoint_every=100,
+        title=f"Training '{folder.name}'", key=f"pattern-train|{folder}|{start}->{steps}|{time.time():.0f}",
+        kind="process")
+
+
+def train_view() -> None:
+    runs = R.list_runs()
+    names = ["(new run)"] + [p.name for p in runs]
+    wanted = url_value("run")
+    if st.session_state.get("_train_select") in names:
+        st.session_state.train_run = st.session_state.pop("_train_select")
+    if "train_run" not in st.session_state or st.session_state.train_run not in names:
+        st.session_state.train_run = wanted if wanted in names else ("(new run)" if not runs else runs[0].name)
+    chosen = st.selectbox("Run", names, key="train_run", help=f"Runs are kept in {R.runs_root()}.")
+    set_url_value("run", None if chosen == "(new run)" else chosen)
+    if chosen == "(new run)":
+        new_run_form()
+    else:
+        run_panel(R.runs_root() / chosen)
+
+
+def new_run_form() -> None:
+    c1, c2, c3 = st.columns([2, 1, 1])
+    name = c1.text_input("Name", "five-classes", key="train_name")
+    size = c2.select_slider("Size (px)", [64, 128, 256, 512], value=128, key="train_size",
+                            help="The paper trains at 512 on a GPU; 128 is the CPU default.")
+    steps = c3.number_input("Steps", 10, 200_000, 2000, 100, key="train_steps")
+    classes = st.multiselect("Classes (1 to 24)", list(handle.class_names),
+                             default=[c for c in DEFAULT_CLASSES if c in handle.class_names] or [handle.class_names[0]],
+                             key="train_classes", max_selections=24)
+    c1, c2, c3, c4 = st.columns(4)
+    batch = c1.number_input("Batch", 1, 8, 2, key="train_batch", help="The paper: 1-3.")
+    lr = c2.number_input("Learning rate", 1e-5, 1e-2, 2e-4, format="%.5f", key="train_lr", help="The paper: 0.0002.")
+    weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate", "3, 10, 50, 150", key="train_weights",
+                                 help="The paper: 3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s.")
+    grey = c4.toggle("Grey to the classifier", True, key="train_grey", help="Sec. 4: the paper found grey better.")
+    gradcam = c4.toggle("Grad-CAM masking", False, key="train_gradcam",
+                        help="The extension at the end of sec. 4: the substrate loss is relaxed where Grad-CAM sees "
+                             "the class, so the pattern separates from the garment.")
+    source = st.radio("Substrates", ["generated", "upload", "folder"], horizontal=True, key="train_substrates",
+                      format_func={"generated": "Generated garments (8 kinds, the paper's augmentations)",
+                                   "upload": "Upload your own (several images)",
+                                   "folder": "A folder on this machine"}.get)
+    uploads, folder_text = [], ""
+    if source == "upload":
+        uploads = st.file_uploader(f"Garment photos on white (at least {S.MIN_SUBSTRATES})", accept_multiple_files=True,
+                                   key="train_uploads") or []
+    elif source == "folder":
+        folder_text = st.text_input("Folder of garment images", key="train_folder")
+    problems = []
+    try:
+        run_name = R.safe_run_name(name)
+    except GlassboxError as error:
+        problems.append(str(error))
+        run_name = ""
+    if run_name and (R.runs_root() / run_name).exists():
+        problems.append(f"A run called '{run_name}' exists already; pick it above to resume it, or choose another name.")
+    if not classes:
+        problems.append("Pick at least one class.")
+    try:
+        weights = parse_weights(weights_text)
+    except GlassboxError as error:
+        problems.append(str(error))
+        weights = None
+    if source == "upload" and len(uploads) < S.MIN_SUBSTRATES:
+        problems.append(f"Training needs at least {S.MIN_SUBSTRATES} substrate images; {len(uploads)} uploaded so far.")
+    if source == "folder":
+        try:
+            S.load_substrate_folder(Path(folder_text).expanduser(), int(size)) if folder_text else None
+        except GlassboxError as error:
+            problems.append(str(error))
+        if not folder_text:
+            problems.append("Give the folder's path.")
+    for problem in problems:
+        st.warning(problem)
+    st.caption(f"On this machine one step at {size} px takes about {0.3 * (size / 128) ** 2:.1f} s on the CPU "
+               f"({int(steps) * 0.3 * (size / 128) ** 2 / 60:.0f} min for {int(steps)} steps); the CLI does the same: "
+               f"`python -m engine patterns train --classes … --steps {int(steps)} --size {size} --out DIR`.")
+    if st.button("Start training", type="primary", disabled=bool(problems)):
+        folder = R.runs_root() / run_name
+        try:
+            substrate_dir = None
+            if source == "upload":
+                R.save_uploads(folder / "substrates", [(u.name, u.getvalue()) for u in uploads])
+                substrate_dir = str(folder / "substrates")
+            elif source == "folder":
+                substrate_dir = str(Path(folder_text).expanduser().resolve())
+            config = T.TrainConfig(classes=tuple(handle.class_index(c) for c in classes), model=handle.name,
+                                   size=int(size), batch=int(batch), lr=float(lr), weights=weights,
+                                   grayscale=bool(grey), gradcam_mask=bool(gradcam), substrates=substrate_dir)
+            config.validate(handle)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.json").write_text(json.dumps({**config.as_dict(), "class_names": list(classes)}, indent=2))
+            start_training(folder, config, int(steps), resume=False)
+        except GlassboxError as error:
+            st.error(str(error))
+            return
+        st.session_state._train_select = run_name  # the select box exists already: switch to the run on the rerun
+        st.rerun()
+
+
+def run_panel(folder: Path) -> None:
+    status = run_job(folder)
+    if status is not None and not status.finished:
+        live_run(str(folder), status.id)
+        return
+    view = R.view_run(folder)
+    st.caption(run_summary(view))
+    if status is not None and status.state == "failed":
+        where = f"step {view.checkpoint_steps}" if view.checkpoint_steps else "no checkpoint yet"
+        st.error(f"The training stopped with an error: {status.error} The last checkpoint is at {where}; "
+                 "resume below to continue from it.")
+    elif status is not None and status.state == "cancelled":
+        st.warning("The training was stopped before it saved; resume below from the last checkpoint.")
+    elif status is None and view.checkpoint_steps is not None and view.logged_steps > view.checkpoint_steps:
+        st.warning(f"This run logged step {view.logged_steps} but its checkpoint is at step {view.checkpoint_steps}: "
+                   "it was interrupted (a crash or a server restart). Resume continues from the checkpoint.")
+    run_results(view)
+    if view.checkpoint_steps is None:
+        st.info("This run has no checkpoint yet, so it cannot be resumed; start a new run.")
+        return
+    c1, c2 = st.columns([1, 2])
+    target = c1.number_input("Train until step", view.checkpoint_steps + 1, 1_000_000, view.checkpoint_steps + 1000,
+                             100, key=f"resume_to_{folder.name}")
+    if c2.button("Resume", type="primary", key=f"resume_{folder.name}"):
+        try:
+            start_training(folder, None, int(target), resume=True)
+        except GlassboxError as error:
+            st.error(str(error))
+            return
+        st.rerun()
+    downloads(folder, view)
+
+
+def run_summary(view: R.RunView) -> str:
+    config = view.config or {}
+    names = ", ".join(config.get("class_names", [])) or "?"
+    steps = view.checkpoint_steps if view.checkpoint_steps is not None else 0
+    extras = [k for k, on in (("grey", config.get("grayscale")), ("Grad-CAM mask", config.get("gradcam_mask")),
+                              ("own substrates", config.get("substrates"))) if on]
+    weights = config.get("weights", {})
+    return (f"{names} · {config.get('size', '?')} px · batch {config.get('batch', '?')} · lr {config.get('lr', '?')} · "
+            f"weights {', '.join(f'{v:g}' for v in weights.values())}{' · ' + ', '.join(extras) if extras else ''} · "
+            f"checkpoint at step {steps}")
+
+
+def run_results(view: R.RunView) -> None:
+    """The latest sample grid, the loss curves and p(target), from the run's own files."""
+    config = view.config or {}
+    if view.sample is not None:
+        names = " · ".join(config.get("class_names", []))
+        st.image(str(view.sample), caption=f"{view.sample.stem.replace('_', ' ')}: each row a fixed substrate, then "
+                                           f"each class ({names})", width="stretch")
+    log = view.log
+    if log and len(log.get("step", ())) > 1:
+        weights = config.get("weights", {})
+        window = max(1, len(log["step"]) // 100)
+        smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")  # noqa: E731
+        terms = {"cGAN (G)": weights.get("cgan", 0) * log["adversarial"], "mask": weights.get("mask", 0) * log["mask"],
+                 "classifier": weights.get("vgg", 0) * log["vgg"],
+                 "substrate": weights.get("substrate", 0) * log["substrate"]}
+        figure = plots.inversion_loss_figure({k: smooth(v) for k, v in terms.items()}, smooth(log["total"]),
+                                             target_prob=smooth(log["target_prob"]), target_label="target, batch",
+                                             steps=log["step"][window - 1:])
+        figure.update_layout(title=f"Weighted losses and p(target) per step (moving mean over {window})")
+        st.plotly_chart(figure, width="stretch", key=f"curves_{view.folder.name}")
+
+
+@st.fragment(run_every=2.0)
+def live_run(folder: str, job_id: str) -> None:
+    status = jobs.registry("training").status(job_id)
+    job_row(status, pool="training", cancel_label="Stop")
+    st.caption("Stop saves a checkpoint at the current step, so the run can be resumed. Reloading the page or "
+               "leaving it does not stop the training.")
+    view = R.view_run(Path(folder))
+    st.caption(run_summary(view))
+    run_results(view)
+    if status.finished:
+        st.rerun()
+
+
+def downloads(folder: Path, view: R.RunView) -> None:
+    c1, c2, c3 = st.columns(3)
+    checkpoint = folder / "checkpoint.pt"
+    c1.download_button("checkpoint.pt (resume elsewhere)", checkpoint.read_bytes(), f"{folder.name}-checkpoint.pt",
+                       key=f"dl_ck_{folder.name}")
+    if (folder / "log.csv").is_file():
+        c2.download_button("log.csv", (folder / "log.csv").read_bytes(), f"{folder.name}-log.csv", "text/csv",
+                           key=f"dl_log_{folder.name}")
+    if view.sample is not None:
+        c3.download_button("Latest sample grid PNG", view.sample.read_bytes(), f"{folder.name}-{view.sample.name}",
+                           "image/png", key=f"dl_grid_{folder.name}")
+
+
+# --- Quick mode -------------------------------------------------------------------------------------------
+
+def quick_view() -> None:
+    left, right = st.columns([1, 2])
+    with left:
+        size = st.select_slider("Size (px)", [128, 256], value=128, key="pat_size")
+        substrate = pick_substrate(size, "quick")
+        weights = class_mix(list(handle.class_names), ["zebra"] if "zebra" in handle.class_names
+                            else [handle.class_names[0]], "quick")
+        steps = st.slider("Steps", 10, 200, 80, 10, key="pat_steps")
+        grey = st.toggle("Show the classifier grey images (the paper found it better)", key="pat_grey")
+    if substrate is None:
+        return
+    if not weights:
+        right.info("Pick at least one class.")
+        return
+    key = "|".join(["patterns-quick", handle.name, str(size), str(steps), str(grey), json.dumps(weights, sort_keys=True),
+                    images.image_digest(substrate.image.tobytes())])
+    with right:
+        st.caption("Optimises this one garment's pixels with the GAN's own losses (classifier on the whole image and "
+                   "on crops, substrate, mask), with no generator: quick, but it only ever makes one picture.")
         if st.button("Paint", type="primary"):
             try:
                 status = jobs.registry().find(key)
@@ -89,45 +397,12 @@ if mode == "quick":
             c1.image(substrate.image, caption="substrate", width="stretch")
             c2.image(result.image, caption=f"after {len(result.total)} steps · p = {result.target_prob[-1]:.3f}",
                      width="stretch")
-            after = handle.classify(images.to_tensor(images.fit_square(result.image, handle.input_size), device=handle.device))
-            st.plotly_chart(plots.topk_bar(after, title="The classifier on the result"), width="stretch", key="quick_bar")
+            show_top5(result.image, highlight=None, title="The classifier on the result", key="quick_bar")
             st.download_button("Pattern PNG", images.to_png_bytes(result.image), "pattern.png", "image/png")
         elif status is not None and status.error:
             st.error(status.error)
         else:
             st.info("Press **Paint** to start.")
-    elif not weights:
-        st.info("Pick at least one class.")
-    st.stop()
 
-# --- Generate with a checkpoint written by `python -m engine patterns train`
-upload = st.file_uploader("Checkpoint (checkpoint.pt from `python -m engine patterns train`)", type=["pt"],
-                          key="pat_checkpoint")
-st.caption("Train one with `python -m engine patterns train --classes goldfish zebra flamingo jaguar \"giant panda\" "
-           "--steps 2000 --size 128 --out runs/five` (add `torchrun --nproc_per_node N` for several processes).")
-if upload is None:
-    st.info("Upload a checkpoint to generate.")
-    st.stop()
-try:
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "checkpoint.pt"
-        path.write_bytes(upload.getvalue())
-        loaded = G.load_generator(T.read_checkpoint(path))
-except GlassboxError as error:
-    st.error(str(error))
-    st.stop()
-st.success(f"A {loaded.size} px generator for {', '.join(loaded.class_names)}, trained {loaded.steps} steps "
-           f"against {loaded.model or 'a classifier'}.")
-substrate = pick_substrate(loaded.size)
-weights = class_mix(list(loaded.class_names), [loaded.class_names[0]])
-if substrate is not None and weights:
-    try:
-        pattern = G.generate(loaded, substrate.image, {loaded.class_names.index(n): w for n, w in weights.items()})
-    except GlassboxError as error:
-        st.error(str(error))
-        st.stop()
-    c1, c2 = st.columns(2)
-    c1.image(substrate.image, caption="substrate", width="stretch")
-    c2.image(pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in weights.items()), width="stretch")
-    buffer = io.BytesIO(images.to_png_bytes(pattern))
-    st.download_button("Pattern PNG", buffer.getvalue(), "pattern.png", "image/png")
+
+{"generate": generate_view, "train": train_view, "quick": quick_view}[mode]()

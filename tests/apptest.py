@@ -23,6 +23,7 @@ def open_page(page: str, **query) -> AppTest:
 
 
 def wait_for_jobs(timeout: float = 120) -> None:
-    for status in jobs.registry().list():
-        if not status.finished:
-            jobs.registry().wait(status.id, timeout=timeout)
+    for pool in jobs.POOLS:
+        for status in jobs.registry(pool).list():
+            if not status.finished:
+                jobs.registry(pool).wait(status.id, timeout=timeout)

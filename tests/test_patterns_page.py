@@ -1,20 +1,130 @@
-"""AppTest of the patterns page: quick mode as a job, generation from a checkpoint, bad uploads."""
+"""AppTest of the patterns page: the shipped generator, training as a separate process with stop and
+resume, a crashed run, bad uploads, and quick mode."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import models
+from engine import images, jobs, models
+from engine.patterns import generate as G
+from engine.patterns import runs as R
+from engine.patterns import substrates as S
 from engine.patterns import training as T
 from tests import apptest
+
+
+@pytest.fixture(autouse=True)
+def own_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLASSBOX_CACHE", str(tmp_path / "cache"))
+    yield
+    apptest.wait_for_jobs()
 
 
 def open_page(**query) -> AppTest:
     return apptest.open_page("pages/patterns.py", **query)
 
 
-def test_quick_mode_paints_a_zebra_onto_a_garment():
+def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():
     at = open_page(image="chelsea")
+    assert not at.exception, at.exception
+    loaded = G.load_generator_file(G.SHIPPED)
+    assert f"trained {loaded.steps} steps" in " ".join(c.value for c in at.caption)
+    pictures = at.main.get("image")
+    assert len(pictures) == 1 + 1 + len(loaded.class_names)  # substrate, the mix, one per class
+    assert [b.proto.label for b in at.get("download_button")] == ["Pattern PNG"]
+    assert len(at.get("plotly_chart")) == 1
+    at.multiselect(key="gen_classes").set_value(["zebra", "jaguar"]).run()
+    at.slider(key="gen_w_jaguar").set_value(0.5).run()
+    assert not at.exception, at.exception
+    assert any("zebra × 1 + jaguar × 0.5" in str(i.proto) for i in at.main.get("image"))
+
+
+def _train_tiny_run(folder, steps=4):
+    config = T.TrainConfig(classes=(1, 3), model=models.TEST_MODEL, size=32, batch=1, base=8)
+    return R.train_run(folder, config, steps, sample_every=2, checkpoint_every=2)
+
+
+def test_training_runs_in_its_own_process_then_stops_and_resumes():
+    at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train")
+    assert at.selectbox(key="train_run").value == "(new run)"
+    at.text_input(key="train_name").set_value("tiny run").run()
+    at.select_slider(key="train_size").set_value(64).run()
+    at.number_input(key="train_steps").set_value(30).run()
+    at.multiselect(key="train_classes").set_value(["class 1", "class 3"]).run()
+    start = next(b for b in at.button if b.label == "Start training")
+    assert not start.disabled
+    start.click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="train_run").value == "tiny-run"
+    status = next(s for s in jobs.registry("training").list() if "tiny-run" in (s.key or ""))
+    jobs.registry("training").wait(status.id, timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    folder = R.runs_root() / "tiny-run"
+    view = R.view_run(folder)
+    assert view.checkpoint_steps == 30 and view.logged_steps == 30
+    assert len(at.main.get("image")) == 1 and len(at.get("plotly_chart")) == 1  # the sample grid and the curves
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["checkpoint.pt (resume elsewhere)", "log.csv", "Latest sample grid PNG"]
+    at.number_input(key="resume_to_tiny-run").set_value(40).run()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    apptest.wait_for_jobs(timeout=300)
+    at.run()
+    assert R.view_run(folder).checkpoint_steps == 40
+    assert "checkpoint at step 40" in " ".join(c.value for c in at.caption)
+    # the run trained here is now a generator the Generate mode offers
+    at.segmented_control(key="pat_mode").set_value("generate").run()
+    at.selectbox(key="gen_generator").set_value("run:tiny-run").run()
+    assert not at.exception, at.exception
+    assert "trained 40 steps" in " ".join(c.value for c in at.caption)
+
+
+def test_a_crashed_run_says_so_and_offers_resume(tmp_path):
+    substrates = tmp_path / "garments"
+    R.save_uploads(substrates, [(f"{i}.png", images.to_png_bytes(S.draw_substrate("skirt", 40, (30 * i, 60, 90)).image))
+                                for i in range(4)])
+    folder = R.runs_root() / "broken"
+    config = T.TrainConfig(classes=(1, 3), model=models.TEST_MODEL, size=32, batch=1, base=8,
+                           substrates=str(substrates))
+    R.train_run(folder, config, 4, sample_every=2, checkpoint_every=2)
+    with open(folder / "log.csv", "a") as log:  # the server died at step 5, after the checkpoint at 4
+        log.write("5,0,0,0,0,0,0,0\n")
+    at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train", run="broken")
+    assert "it was interrupted" in " ".join(w.value for w in at.warning)
+    for picture in substrates.iterdir():  # the user's garment folder is gone: resuming fails in the worker
+        picture.unlink()
+    substrates.rmdir()
+    next(b for b in at.button if b.label == "Resume").click().run()
+    apptest.wait_for_jobs(timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    error = " ".join(e.value for e in at.error)
+    assert "The training stopped with an error: There is no folder at" in error
+    assert "The last checkpoint is at step 4; resume below" in error
+    assert any(b.label == "Resume" for b in at.button)
+
+
+def test_the_new_run_form_refuses_what_cannot_train():
+    _train_tiny_run(R.runs_root() / "taken")
+    at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train")
+    at.selectbox(key="train_run").set_value("(new run)").run()
+    at.text_input(key="train_name").set_value("taken").run()
+    at.text_input(key="train_weights").set_value("3, 10, 50").run()
+    at.radio(key="train_substrates").set_value("upload").run()
+    warnings = " ".join(w.value for w in at.warning)
+    assert "'taken' exists already" in warnings
+    assert "four numbers" in warnings
+    assert "at least 4 substrate images; 0 uploaded" in warnings
+    assert next(b for b in at.button if b.label == "Start training").disabled
+    at.radio(key="train_substrates").set_value("folder").run()
+    at.text_input(key="train_folder").set_value("/nonexistent/garments").run()
+    assert "There is no folder at /nonexistent/garments" in " ".join(w.value for w in at.warning)
+
+
+def test_quick_mode_paints_a_zebra_onto_a_garment():
+    at = open_page(image="chelsea", mode="quick")
     at.slider(key="pat_steps").set_value(10).run()
     next(b for b in at.button if b.label == "Paint").click().run()
     apptest.wait_for_jobs()
@@ -24,17 +134,7 @@ def test_quick_mode_paints_a_zebra_onto_a_garment():
     assert len(at.get("plotly_chart")) == 1
 
 
-def test_generate_mode_without_a_checkpoint_asks_for_one():
-    at = open_page(image="chelsea")
-    at.segmented_control(key="pat_mode").set_value("generate").run()
-    assert not at.exception, at.exception
-    assert any("Upload a checkpoint to generate" in i.value for i in at.info)
-
-
 def test_a_trained_checkpoint_generates(tmp_path):
-    from engine.patterns import generate as G
-    from engine.patterns import substrates as S
-
     handle = models.load_model(models.TEST_MODEL)
     trainer = T.Trainer(handle, T.TrainConfig(classes=(1, 3), model=handle.name, size=32, base=8))
     trainer.step()
@@ -46,3 +146,4 @@ def test_a_trained_checkpoint_generates(tmp_path):
     assert pattern.shape == (32, 32, 3) and pattern.dtype.name == "uint8"
     again = G.generate(loaded, garment.image, {0: 1.0, 1: 0.5})
     assert (pattern == again).all()  # the same seed gives the same pattern
+    assert images.to_png_bytes(np.asarray(pattern))[:4] == b"\x89PNG"

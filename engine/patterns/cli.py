@@ -4,19 +4,17 @@
         --steps 2000 --size 128 --out runs/five [--resume]
     torchrun --nproc_per_node 2 -m engine patterns train ... (DistributedDataParallel; gloo on CPU)
 
-Writes into --out: ``checkpoint.pt`` (atomically, every --checkpoint-every steps and at the end),
-``samples/step_NNNNNN.png`` (fixed substrates x each class, every --sample-every steps),
-``log.csv`` (every step's losses) and ``config.json``.
+Writes the run folder described in :mod:`engine.patterns.runs` (checkpoint.pt, log.csv, samples/,
+config.json); ``export`` writes the generator alone, the small file the page generates from.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-from .. import images, models
+from .. import models
 from ..errors import ConfigError
 from . import training as T
 
@@ -31,6 +29,14 @@ def add_parser(commands) -> None:
     t.add_argument("--batch", type=int, default=2, help="substrates per step (the paper: 1-3)")
     t.add_argument("--model", default=models.DEFAULT_MODEL, help="the classifier (VGG16 in the paper)")
     t.add_argument("--color", action="store_true", help="show the classifier colour images (default: grey, sec. 4)")
+    t.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate for G and D (the paper: 0.0002)")
+    t.add_argument("--weights", default="3,10,50,150", metavar="CGAN,MASK,VGG,SUBSTRATE",
+                   help="the loss weights (the paper: 3,10,50,150)")
+    t.add_argument("--base", type=int, default=32, help="channels of G's first layer (doubling down to 8x8)")
+    t.add_argument("--gradcam-mask", action="store_true",
+                   help="relax the substrate loss where Grad-CAM sees the class (the extension at the end of sec. 4)")
+    t.add_argument("--substrates", metavar="FOLDER",
+                   help="train on your own garment images (white background) instead of generated garments")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--sample-every", type=int, default=200)
     t.add_argument("--checkpoint-every", type=int, default=200)
@@ -43,11 +49,23 @@ def add_parser(commands) -> None:
     e.set_defaults(run=cmd_export)
 
 
+def parse_weights(text: str) -> "T.L.PatternLossWeights":
+    """"3,10,50,150" -> the four loss weights, or a ConfigError sentence."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ConfigError(f"The loss weights are four numbers, cGAN, mask, classifier, substrate (the paper: "
+                          f"3, 10, 50, 150); got '{text}'.")
+    return T.L.PatternLossWeights(*values)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     state = T.read_checkpoint(Path(args.checkpoint))
     handle = models.load_model(state["config"]["model"])
-    trainer = T.Trainer(handle, T.TrainConfig(**{**state["config"], "classes": tuple(state["config"]["classes"]),
-                                                  "weights": T.L.PatternLossWeights(**state["config"]["weights"])}))
+    trainer = T.Trainer(handle, T.config_from_state(state))
     trainer.load(Path(args.checkpoint))
     trainer.export_generator(Path(args.out))
     size = Path(args.out).stat().st_size
@@ -58,6 +76,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..jobs import tqdm_progress
+    from .runs import train_run
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
@@ -68,42 +87,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         handle = models.load_model(args.model)
         classes = tuple(handle.class_index(c) for c in args.classes)
         config = T.TrainConfig(classes=classes, model=handle.name, size=args.size, batch=args.batch,
-                               grayscale=not args.color, seed=args.seed)
-        trainer = T.Trainer(handle, config, distributed=distributed)
-        out = Path(args.out)
-        checkpoint = out / "checkpoint.pt"
-        if args.resume:
-            if not checkpoint.is_file():
-                raise ConfigError(f"--resume: there is no checkpoint at {checkpoint} yet.")
-            trainer.load(checkpoint)
-        lead = trainer.rank == 0
+                               grayscale=not args.color, seed=args.seed, lr=args.lr, base=args.base,
+                               weights=parse_weights(args.weights), gradcam_mask=args.gradcam_mask,
+                               substrates=str(Path(args.substrates).resolve()) if args.substrates else None)
+        lead = not distributed or dist.get_rank() == 0
+        with tqdm_progress("train", disable=not lead) as progress:
+            outcome = train_run(args.out, config, args.steps, resume=args.resume, sample_every=args.sample_every,
+                                checkpoint_every=args.checkpoint_every, distributed=distributed, progress=progress)
         if lead:
-            (out / "samples").mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps({**config.as_dict(), "class_names": [
-                handle.class_names[c] for c in classes]}, indent=2))
-        log = (out / "log.csv").open("a") if lead else None
-        start = trainer.steps_done
-        try:
-            with tqdm_progress("train", disable=not lead) as progress:
-                while trainer.steps_done < args.steps:
-                    losses = trainer.step()
-                    step = trainer.steps_done
-                    if log is not None:
-                        if log.tell() == 0:
-                            log.write("step," + ",".join(losses) + "\n")
-                        log.write(f"{step}," + ",".join(f"{v:.6g}" for v in losses.values()) + "\n")
-                        log.flush()
-                    progress((step - start) / max(args.steps - start, 1),
-                             f"step {step}: total {losses['total']:.3f}, p(target) {losses['target_prob']:.3f}")
-                    if lead and (step % args.sample_every == 0 or step == args.steps):
-                        (out / "samples" / f"step_{step:06d}.png").write_bytes(images.to_png_bytes(T.sample_grid(trainer)))
-                    if lead and (step % args.checkpoint_every == 0 or step == args.steps):
-                        trainer.save(checkpoint)
-        finally:
-            if log is not None:
-                log.close()
-        if lead:
-            print(f"trained to step {trainer.steps_done}; wrote {checkpoint}, {out / 'log.csv'} and samples in {out / 'samples'}")
+            out = Path(args.out)
+            print(f"trained to step {outcome.steps}; wrote {out / 'checkpoint.pt'}, {out / 'log.csv'} and samples "
+                  f"in {out / 'samples'}")
     finally:
         if distributed:
             import torch.distributed as dist

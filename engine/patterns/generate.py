@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..images import fit_square
 from .networks import Generator, tiled_class_input
-from .substrates import Substrate
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "patterns" / "five-classes.pt"
 
 
 @dataclass
@@ -37,10 +39,19 @@ def load_generator(state: dict) -> LoadedGenerator:
                            int(config["size"]), int(state["steps"]), str(config.get("model", "")))
 
 
-def substrate_from_picture(picture: np.ndarray, size: int, *, white: int = 240) -> Substrate:
-    """An uploaded garment photo as a substrate: squared, resized, its near-white pixels the background."""
-    image = fit_square(picture, size)
-    return Substrate(image, (image >= white).all(axis=2), "upload")
+def load_generator_file(path: Path) -> LoadedGenerator:
+    """A checkpoint or an exported generator file, read without running pickled code."""
+    from .training import read_checkpoint
+
+    return load_generator(read_checkpoint(Path(path)))
+
+
+def check_classifier(loaded: LoadedGenerator, handle) -> str | None:
+    """A sentence when the generator was trained against another classifier than ``handle``."""
+    if loaded.model and loaded.model != handle.name:
+        return (f"This generator was trained against {loaded.model}; the probabilities below are {handle.name}'s, "
+                "a second opinion rather than its critic's.")
+    return None
 
 
 def generate(loaded: LoadedGenerator, substrate: np.ndarray, weights: dict[int, float], *, seed: int = 0) -> np.ndarray:

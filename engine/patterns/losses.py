@@ -82,11 +82,16 @@ def classifier_loss(resized_probs: torch.Tensor, crop_probs: torch.Tensor, targe
     return (positive + negative).mean()
 
 
-def substrate_loss(target: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """L_s = |T - G| - log(1 - |(T - G) / 2|^2), averaged over every value (images in [-1, 1])."""
+def substrate_loss(target: torch.Tensor, image: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_s = |T - G| - log(1 - |(T - G) / 2|^2), averaged over every value (images in [-1, 1]).
+
+    ``weight`` (B, 1, H, W), optional: a per-pixel factor (the Grad-CAM masking extension)."""
     difference = target - image
     inside = (1 - (difference / 2).square()).clamp_min(EPS)
-    return (difference.abs() - torch.log(inside)).mean()
+    values = difference.abs() - torch.log(inside)
+    if weight is not None:
+        values = values * weight
+    return values.mean()
 
 
 def random_crops(images: torch.Tensor, *, count: int = 3, fraction: float = 224 / 512,

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetError, GlassboxError
+
+MIN_SUBSTRATES = 4
+MAX_SUBSTRATES = 500
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # Outlines in a unit square (x right, y down), left half only for symmetric garments: mirrored.
 _HALF_OUTLINES: dict[str, list[tuple[float, float]]] = {
@@ -95,6 +99,45 @@ def augment(substrate: Substrate, rng: np.random.Generator) -> Substrate:
     if rng.random() < 0.5:
         image, background = image[:, ::-1].copy(), background[:, ::-1].copy()
     return Substrate(image, background, substrate.garment)
+
+
+def substrate_from_picture(picture: np.ndarray, size: int, *, white: int = 240, name: str = "upload") -> Substrate:
+    """A garment photo as a substrate: squared, resized, its near-white pixels the background."""
+    from ..images import fit_square
+
+    image = fit_square(picture, size)
+    return Substrate(image, (image >= white).all(axis=2), name)
+
+
+def load_substrate_folder(folder, size: int) -> list[Substrate]:
+    """Every image in ``folder`` as a substrate; a sentence for a missing folder, an unreadable file
+    or fewer than :data:`MIN_SUBSTRATES` images."""
+    from pathlib import Path
+
+    from ..images import decode_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"There is no folder at {folder}.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    pictures = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise DatasetError(f"{', '.join(others[:3])}{' and more' if len(others) > 3 else ''} in {folder.name}/ "
+                           f"{'is not an image' if len(others) == 1 else 'are not images'} (PNG, JPEG, WebP or BMP).")
+    if len(pictures) < MIN_SUBSTRATES:
+        raise DatasetError(f"Training needs at least {MIN_SUBSTRATES} substrate images; {folder.name}/ has "
+                           f"{len(pictures)}.")
+    if len(pictures) > MAX_SUBSTRATES:
+        raise DatasetError(f"{folder.name}/ has {len(pictures)} images; use at most {MAX_SUBSTRATES}.")
+    substrates = []
+    for path in pictures:
+        try:
+            picture = decode_image(path.read_bytes())
+        except GlassboxError as error:
+            raise DatasetError(f"{path.name}: {error}") from None
+        substrates.append(substrate_from_picture(np.asarray(picture), size, name=path.name))
+    return substrates
 
 
 def substrate_batch(count: int, size: int, *, seed: int = 0, augmented: bool = True) -> list[Substrate]:

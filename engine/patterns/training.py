@@ -31,7 +31,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models import ModelHandle
 from . import losses as L
 from .networks import Discriminator, Generator, tiled_class_input
-from .substrates import substrate_batch, to_tensor_pm1
+from .substrates import augment, load_substrate_folder, substrate_batch, to_tensor_pm1
 
 CHECKPOINT_VERSION = 1
 
@@ -51,6 +51,8 @@ class TrainConfig:
     crops: int = 3
     seed: int = 0
     base: int = 32
+    gradcam_mask: bool = False
+    substrates: str | None = None  # a folder of the user's own substrate images; None: generated garments
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,19 +67,54 @@ class TrainConfig:
             raise ConfigError(f"The classifier has classes 0 to {handle.num_classes - 1}; {bad} are not among them.")
         if not 1 <= self.batch <= 8:
             raise ConfigError("The batch holds 1 to 8 substrates (the paper: 1-3).")
+        if not 0 < self.lr <= 0.1:
+            raise ConfigError("The learning rate must be above 0 and at most 0.1 (the paper: 0.0002).")
+        if self.size < 16 or self.size & (self.size - 1):
+            raise ConfigError(f"The image side must be a power of two, at least 16 (the paper: 512); got {self.size}.")
+        if self.gradcam_mask and handle.default_layer is None:
+            raise ConfigError(f"{handle.name} has no convolutional map for the Grad-CAM mask.")
+
+
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, repeated on three channels (what the classifier sees with ``grayscale``)."""
+    return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand(-1, 3, -1, -1)
+
+
+def classifier_view(handle: ModelHandle, images: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
+    """Images in [-1, 1] as the classifier takes them: [0, 1], grey if asked, at its input size."""
+    x = (images + 1) / 2
+    if grayscale:
+        x = grey(x)
+    if x.shape[-1] != handle.input_size:
+        x = F.interpolate(x, size=(handle.input_size, handle.input_size), mode="bilinear", align_corners=False,
+                          antialias=True)
+    return x
 
 
 def class_probabilities(handle: ModelHandle, images: torch.Tensor, classes: torch.Tensor, *,
                         grayscale: bool) -> torch.Tensor:
     """The frozen classifier's probabilities of the chosen classes, (B, n), for images in [-1, 1];
     the gradient flows back to the images."""
-    x = (images + 1) / 2
-    if grayscale:
-        x = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand(-1, 3, -1, -1)
-    if x.shape[-1] != handle.input_size:
-        x = F.interpolate(x, size=(handle.input_size, handle.input_size), mode="bilinear", align_corners=False,
-                          antialias=True)
-    return handle.logits(x).softmax(1)[:, classes]
+    return handle.logits(classifier_view(handle, images, grayscale=grayscale)).softmax(1)[:, classes]
+
+
+def gradcam_weights(handle: ModelHandle, images: torch.Tensor, class_ids: torch.Tensor, *,
+                    grayscale: bool) -> torch.Tensor:
+    """The Grad-CAM masking extension (end of sec. 4), (B, 1, S, S) in [0, 1], no gradient.
+
+    Grad-CAM (Selvaraju et al., eq. 1-2) of each image's active class on the current output, at the
+    classifier's CAM layer, scaled to a maximum of 1 and upsampled: where the classifier already
+    sees the class. The substrate loss is multiplied by ``1 - map`` there, so the pattern is free to
+    form where it works and the rest of the garment is held to the substrate -- the "better
+    separation between substrate image and the generated picture" the paper reports.
+    """
+    from ..hooks import layer_gradient
+
+    x = classifier_view(handle, images.detach(), grayscale=grayscale)
+    result = layer_gradient(handle, x, None, [int(c) for c in class_ids])
+    cam = torch.relu((result.gradients.mean(dim=(2, 3), keepdim=True) * result.activations).sum(1, keepdim=True))
+    cam = cam / cam.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -106,11 +143,17 @@ class Trainer:
         self.d_opt = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
         self.classes = torch.tensor(config.classes)
         self.steps_done = 0
+        self.pool = load_substrate_folder(config.substrates, config.size) if config.substrates else None
 
     def batch(self, step: int):
         """Substrates, background masks and the one-hot targets of step ``step`` (deterministic)."""
         seed = self.config.seed * 1_000_003 + step * 64 + self.rank
-        substrates = substrate_batch(self.config.batch, self.config.size, seed=seed)
+        if self.pool is None:
+            substrates = substrate_batch(self.config.batch, self.config.size, seed=seed)
+        else:
+            rng = np.random.default_rng([seed, 7])
+            picks = rng.choice(len(self.pool), size=self.config.batch, replace=len(self.pool) < self.config.batch)
+            substrates = [augment(self.pool[int(i)], rng) for i in picks]
         images, background = to_tensor_pm1(substrates)
         rng = step_generator(self.config.seed, step, self.rank)
         active = int(torch.randint(len(self.config.classes), (1,), generator=rng))
@@ -130,12 +173,19 @@ class Trainer:
             "adversarial": L.generator_adversarial_loss(self.d_model(images, output)),
             "mask": L.mask_loss(output, background),
             "vgg": L.classifier_loss(resized, crop_probs, target),
-            "substrate": L.substrate_loss(images, output),
+            "substrate": self.substrate_term(images, output, target),
             "target_prob": (resized * target).sum(1).mean().detach(),
         }
         terms["total"] = (weights.cgan * terms["adversarial"] + weights.mask * terms["mask"]
                           + weights.vgg * terms["vgg"] + weights.substrate * terms["substrate"])
         return terms
+
+    def substrate_term(self, images, output, target) -> torch.Tensor:
+        if not self.config.gradcam_mask:
+            return L.substrate_loss(images, output)
+        active = self.classes[target.argmax(1)]
+        keep = 1 - gradcam_weights(self.handle, output, active, grayscale=self.config.grayscale)
+        return L.substrate_loss(images, output, weight=keep)
 
     def step(self) -> dict[str, float]:
         """One step of D, then one of G; returns the losses as numbers."""
@@ -195,6 +245,16 @@ class Trainer:
         self.steps_done = int(state["steps"])
 
 
+def config_from_state(state: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint was written with (older checkpoints lack the newer options)."""
+    config = dict(state["config"])
+    known = set(TrainConfig.__dataclass_fields__)
+    config = {k: v for k, v in config.items() if k in known}
+    config["classes"] = tuple(config["classes"])
+    config["weights"] = L.PatternLossWeights(**config.get("weights", {}))
+    return TrainConfig(**config)
+
+
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint written by :meth:`Trainer.save`, loaded without running any pickled code."""
     try:
@@ -211,7 +271,11 @@ def read_checkpoint(path: Path) -> dict:
 def sample_grid(trainer: Trainer, substrates: int = 3, seed: int = 12345) -> np.ndarray:
     """Fixed substrates (rows) x each class (columns), uint8: the grid the CLI saves as it trains."""
     config = trainer.config
-    images, _ = to_tensor_pm1(substrate_batch(substrates, config.size, seed=seed, augmented=False))
+    if trainer.pool is None:
+        images, _ = to_tensor_pm1(substrate_batch(substrates, config.size, seed=seed, augmented=False))
+    else:
+        substrates = min(substrates, len(trainer.pool))
+        images, _ = to_tensor_pm1(trainer.pool[:substrates])
     rows = []
     with torch.no_grad():
         for index in range(substrates):

@@ -1,0 +1,88 @@
+"""How well a trained generator restores its classes (the issue's quality report, sec. 4's claim).
+
+For every class of a generator, patterns are painted on ``count`` held-out substrates -- garments
+drawn from seeds the trainer never uses -- and scored by
+
+* the training classifier: its mean probability of the target class, on the image as the user sees
+  it (colour) and as training showed it (grey, when the run was trained in grey);
+* a second network (another bundled net): how often the target class is in its top 5. A pattern that
+  also fools a network it was never trained against is more than adversarial noise for one network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models import ModelHandle
+from .generate import LoadedGenerator
+from .networks import tiled_class_input
+from .substrates import substrate_batch, to_tensor_pm1
+from .training import grey
+
+HELD_OUT_SEED = 2_000_000_011  # training draws substrate seeds from seed * 1_000_003 + step * 64 + rank
+
+
+@dataclass(frozen=True)
+class ClassQuality:
+    name: str
+    class_id: int
+    mean_prob: float  # training classifier, colour image
+    mean_prob_grey: float  # training classifier, grey image
+    top5_rate: float | None  # second network; None when none was given
+    substrate_prob: float  # the training classifier's mean probability of the class on the bare substrates
+
+
+def held_out_substrates(count: int, size: int) -> torch.Tensor:
+    images, _ = to_tensor_pm1(substrate_batch(count, size, seed=HELD_OUT_SEED, augmented=True))
+    return images
+
+
+def _probs(handle: ModelHandle, images_pm1: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
+    x = (images_pm1 + 1) / 2
+    if grayscale:
+        x = grey(x)
+    x = torch.nn.functional.interpolate(x, size=(handle.input_size,) * 2, mode="bilinear", align_corners=False,
+                                        antialias=True)
+    with torch.inference_mode():
+        return handle.logits(x.to(handle.device)).softmax(1).cpu()
+
+
+def evaluate(loaded: LoadedGenerator, handle: ModelHandle, second: ModelHandle | None = None, *,
+             count: int = 20, seed: int = 0) -> list[ClassQuality]:
+    """One :class:`ClassQuality` per class of ``loaded`` (see the module docstring)."""
+    substrates = held_out_substrates(count, loaded.size)
+    bare = _probs(handle, substrates, grayscale=False)
+    results = []
+    for index, (name, class_id) in enumerate(zip(loaded.class_names, loaded.class_ids)):
+        target = torch.zeros(count, len(loaded.class_names))
+        target[:, index] = 1.0
+        tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + index))
+        with torch.inference_mode():
+            patterns = loaded.generator(substrates, tiles)
+        patterns = ((patterns + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1  # what a saved PNG holds
+        colour = _probs(handle, patterns, grayscale=False)[:, class_id]
+        greyed = _probs(handle, patterns, grayscale=True)[:, class_id]
+        top5 = None
+        if second is not None:
+            ranks = _probs(second, patterns, grayscale=False).topk(5, dim=1).indices
+            top5 = float((ranks == class_id).any(1).float().mean())
+        results.append(ClassQuality(name, class_id, float(colour.mean()), float(greyed.mean()), top5,
+                                    float(bare[:, class_id].mean())))
+    return results
+
+
+def markdown_table(results: list[ClassQuality], *, model: str, second: str | None, count: int) -> str:
+    head = (f"| class | p(target), {model}, colour | p(target), {model}, grey | "
+            f"{second or 'second net'} top-5 rate | p(target) on the bare substrates |\n|---|---|---|---|---|\n")
+    rows = []
+    for r in results:
+        top5 = "—" if r.top5_rate is None else f"{r.top5_rate:.0%} of {count}"
+        rows.append(f"| {r.name} | {r.mean_prob:.3f} | {r.mean_prob_grey:.3f} | {top5} | {r.substrate_prob:.4f} |")
+    mean = np.mean([r.mean_prob for r in results])
+    rows.append(f"| **mean** | **{mean:.3f}** | {np.mean([r.mean_prob_grey for r in results]):.3f} | "
+                + ("—" if results[0].top5_rate is None else f"{np.mean([r.top5_rate for r in results]):.0%}")
+                + f" | {np.mean([r.substrate_prob for r in results]):.4f} |")
+    return head + "\n".join(rows) + "\n"
