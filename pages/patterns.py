@@ -101,7 +101,7 @@ def generate_view() -> None:
             if upload is None:
                 st.info("Upload a checkpoint to generate.")
                 return
-            loaded = uploaded_generator(upload.getvalue())
+            loaded = uploaded_generator(upload.getvalue(), upload.name)
         else:
             loaded = load_file(R.runs_root() / source.removeprefix("run:") / "checkpoint.pt")
     except GlassboxError as error:
@@ -134,7 +134,7 @@ def generate_view() -> None:
         c1.image(substrate.image, caption="substrate", width="stretch")
         c2.image(pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in weights.items()), width="stretch")
         target = loaded.class_ids[loaded.class_names.index(max(weights, key=weights.get))]
-        show_top5(pattern, highlight=target, title=f"{handle.name} on the pattern", key="gen_top5")
+        show_top5(pattern, highlight=target, title="The classifier on the pattern", key="gen_top5")
         st.download_button("Pattern PNG", images.to_png_bytes(pattern), "pattern.png", "image/png")
     st.markdown("**Every class of this generator on this garment**")
     for column, name, picture in zip(st.columns(len(strip)), loaded.class_names, strip):
@@ -142,11 +142,11 @@ def generate_view() -> None:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def uploaded_generator(data: bytes) -> G.LoadedGenerator:
+def uploaded_generator(data: bytes, name: str) -> G.LoadedGenerator:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "checkpoint.pt"
+        path = Path(folder) / (Path(name).name or "checkpoint.pt")
         path.write_bytes(data)
         return G.load_generator_file(path)
 
@@ -300,22 +300,24 @@ def run_panel(folder: Path) -> None:
 def run_summary(view: R.RunView) -> str:
     config = view.config or {}
     names = ", ".join(config.get("class_names", [])) or "?"
-    steps = view.checkpoint_steps if view.checkpoint_steps is not None else 0
+    saved = f"checkpoint at step {view.checkpoint_steps}" if view.checkpoint_steps is not None else "no checkpoint yet"
     extras = [k for k, on in (("grey", config.get("grayscale")), ("Grad-CAM mask", config.get("gradcam_mask")),
                               ("own substrates", config.get("substrates"))) if on]
     weights = config.get("weights", {})
     return (f"{names} · {config.get('size', '?')} px · batch {config.get('batch', '?')} · lr {config.get('lr', '?')} · "
             f"weights {', '.join(f'{v:g}' for v in weights.values())}{' · ' + ', '.join(extras) if extras else ''} · "
-            f"checkpoint at step {steps}")
+            f"{saved}")
 
 
 def run_results(view: R.RunView) -> None:
     """The latest sample grid, the loss curves and p(target), from the run's own files."""
     config = view.config or {}
     if view.sample is not None:
-        names = " · ".join(config.get("class_names", []))
-        st.image(str(view.sample), caption=f"{view.sample.stem.replace('_', ' ')}: each row a fixed substrate, then "
-                                           f"each class ({names})", width="stretch")
+        names = config.get("class_names", [])
+        step = int(view.sample.stem.removeprefix("step_"))
+        st.image(str(view.sample), width=min(1000, 150 * (len(names) + 1)),
+                 caption=f"Samples at step {step}: each row a fixed substrate, then each class "
+                         f"({' · '.join(names)})")
     log = view.log
     if log and len(log.get("step", ())) > 1:
         weights = config.get("weights", {})
@@ -327,7 +329,7 @@ def run_results(view: R.RunView) -> None:
         figure = plots.inversion_loss_figure({k: smooth(v) for k, v in terms.items()}, smooth(log["total"]),
                                              target_prob=smooth(log["target_prob"]), target_label="target, batch",
                                              steps=log["step"][window - 1:])
-        figure.update_layout(title=f"Weighted losses and p(target) per step (moving mean over {window})")
+        st.markdown(f"**Weighted losses and p(target) of the training batch per step** (moving mean over {window})")
         st.plotly_chart(figure, width="stretch", key=f"curves_{view.folder.name}")
 
 

@@ -145,24 +145,33 @@ def test_dissection_page_runs_and_shows_a_clicked_unit(server):
         screenshot(page, "dissection-unit")
 
 
-def test_patterns_page_quick_mode_and_a_checkpoint(server, tmp_path):
-    from engine import models
-    from engine.patterns import training as T
-
-    handle = models.load_model(models.TEST_MODEL)
-    trainer = T.Trainer(handle, T.TrainConfig(classes=(1, 3), model=handle.name, size=64, base=8))
-    trainer.step()
-    trainer.save(tmp_path / "checkpoint.pt")
+def test_patterns_page_generates_from_the_shipped_generator_and_trains(server, tmp_path):
     with chromium_page() as page:
         page.goto(f"{server}/patterns?image=chelsea")
-        wait_for_app(page, "Quick mode")
-        click_and_wait(page, "Paint", "The classifier on the result", timeout_ms=180_000)
+        wait_for_app(page, "Every class of this generator on this garment")
         assert not page.get_by_text("Traceback").count()
-        screenshot(page, "patterns-quick")
-        page.get_by_text("Generate with a trained checkpoint").click()
-        wait_for_app(page, "Upload a checkpoint")
-        page.locator('[data-testid="stFileUploader"]').filter(has_text="Checkpoint").locator(
-            'input[type="file"]').set_input_files(str(tmp_path / "checkpoint.pt"))
-        wait_for_app(page, "A 64 px generator for class 1, class 3")
-        page.get_by_text("Pattern PNG").first.wait_for()
+        for name in ("goldfish", "zebra", "flamingo", "jaguar", "giant panda"):
+            assert page.get_by_text(name, exact=True).count()
         screenshot(page, "patterns-generate")
+
+        (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Generator").locator("input").click()
+        page.get_by_role("option", name="Upload a checkpoint").click()
+        wait_for_app(page, "Upload a checkpoint to generate")
+        page.locator('[data-testid="stFileUploader"]').filter(has_text="checkpoint.pt of a run").locator(
+            'input[type="file"]').set_input_files(str(tmp_path / "junk.pt"))
+        wait_for_app(page, "junk.pt is not a pattern-generator checkpoint")
+
+        page.goto(f"{server}/patterns?image=chelsea&model=tiny_test_cnn&mode=train")
+        wait_for_app(page, "Start training")
+        steps = page.get_by_label("Steps")
+        steps.fill("60")
+        steps.press("Enter")
+        wait_for_app(page)
+        click_and_wait(page, "Start training", "Stop saves a checkpoint", timeout_ms=60_000)
+        page.get_by_text("Samples at step 25").first.wait_for(timeout=120_000)  # the live sample grid's caption
+        screenshot(page, "patterns-training")
+        page.get_by_text("checkpoint at step 60").first.wait_for(timeout=240_000)
+        wait_for_app(page, "Resume")
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "patterns-trained")

@@ -126,7 +126,7 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
             if lead and (step % sample_every == 0 or last):
                 write_atomic(out / "samples" / f"step_{step:06d}.png", I.to_png_bytes(T.sample_grid(trainer)))
             if lead and (step % checkpoint_every == 0 or last):
-                trainer.save(checkpoint)
+                save_checkpoint(trainer, checkpoint)
             keep_going = True
             if progress is not None:
                 keep_going = progress((step - start) / (steps - start),
@@ -135,13 +135,35 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
             if not keep_going and not last:
                 stopped = True
                 if lead:
-                    trainer.save(checkpoint)
+                    save_checkpoint(trainer, checkpoint)
                     write_atomic(out / "samples" / f"step_{step:06d}.png", I.to_png_bytes(T.sample_grid(trainer)))
                 break
     finally:
         if log is not None:
             log.close()
     return RunOutcome(str(out), trainer.steps_done, stopped)
+
+
+def save_checkpoint(trainer: T.Trainer, path: Path) -> None:
+    """The checkpoint, then a small ``checkpoint.json`` with its step count for pages that poll."""
+    trainer.save(path)
+    write_atomic(path.with_suffix(".json"), json.dumps({"steps": trainer.steps_done}).encode())
+
+
+def checkpoint_steps(folder: Path) -> int | None:
+    """The step count of the run's checkpoint, from the small sidecar when it is current."""
+    checkpoint, sidecar = folder / "checkpoint.pt", folder / "checkpoint.json"
+    if not checkpoint.is_file():
+        return None
+    try:
+        if sidecar.stat().st_mtime >= checkpoint.stat().st_mtime:
+            return int(json.loads(sidecar.read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return int(T.read_checkpoint(checkpoint)["steps"])
+    except CheckpointError:
+        return None
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -212,13 +234,8 @@ def view_run(folder: Path) -> RunView:
         except ValueError:
             config = None
     samples = sorted((folder / "samples").glob("step_*.png")) if (folder / "samples").is_dir() else []
-    steps = None
-    if (folder / "checkpoint.pt").is_file():
-        try:
-            steps = int(T.read_checkpoint(folder / "checkpoint.pt")["steps"])
-        except CheckpointError:
-            steps = None
-    return RunView(folder, config, read_log(folder / "log.csv"), samples[-1] if samples else None, steps)
+    return RunView(folder, config, read_log(folder / "log.csv"), samples[-1] if samples else None,
+                   checkpoint_steps(folder))
 
 
 def list_runs(root: Path | None = None) -> list[Path]:

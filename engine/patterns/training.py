@@ -218,6 +218,7 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
             torch.save(self.state(), handle)
+        os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes it private
         os.replace(handle.name, path)
 
     def export_generator(self, path: Path) -> None:
@@ -227,6 +228,7 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
             torch.save(state, handle)
+        os.chmod(handle.name, 0o644)
         os.replace(handle.name, path)
 
     def load(self, path: Path) -> None:
