@@ -199,6 +199,10 @@ def new_run_form() -> None:
     weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate", "3, 10, 50, 150", key="train_weights",
                                  help="The paper: 3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s.")
     grey = c4.toggle("Grey to the classifier", True, key="train_grey", help="Sec. 4: the paper found grey better.")
+    noise = c4.toggle("Sample f(t) as the paper", False, key="train_noise",
+                      help="The paper draws each active class tile from N(1, 2) ∪ N(-1, 2), which has mean 0: G can "
+                           "only tell the class from the draw's spread, and on a CPU budget it learns one pattern for "
+                           "all classes. Off: constant tiles, which G picks up in a few thousand steps.")
     gradcam = c4.toggle("Grad-CAM masking", False, key="train_gradcam",
                         help="The extension at the end of sec. 4: the substrate loss is relaxed where Grad-CAM sees "
                              "the class, so the pattern separates from the garment.")
@@ -252,7 +256,8 @@ def new_run_form() -> None:
                 substrate_dir = str(Path(folder_text).expanduser().resolve())
             config = T.TrainConfig(classes=tuple(handle.class_index(c) for c in classes), model=handle.name,
                                    size=int(size), batch=int(batch), lr=float(lr), weights=weights,
-                                   grayscale=bool(grey), gradcam_mask=bool(gradcam), substrates=substrate_dir)
+                                   grayscale=bool(grey), gradcam_mask=bool(gradcam), substrates=substrate_dir,
+                                   class_noise=bool(noise))
             config.validate(handle)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "config.json").write_text(json.dumps({**config.as_dict(), "class_names": list(classes)}, indent=2))
@@ -302,6 +307,7 @@ def run_summary(view: R.RunView) -> str:
     names = ", ".join(config.get("class_names", [])) or "?"
     saved = f"checkpoint at step {view.checkpoint_steps}" if view.checkpoint_steps is not None else "no checkpoint yet"
     extras = [k for k, on in (("grey", config.get("grayscale")), ("Grad-CAM mask", config.get("gradcam_mask")),
+                              ("f(t) sampled", config.get("class_noise", True)),
                               ("own substrates", config.get("substrates"))) if on]
     weights = config.get("weights", {})
     return (f"{names} · {config.get('size', '?')} px · batch {config.get('batch', '?')} · lr {config.get('lr', '?')} · "
@@ -329,7 +335,16 @@ def run_results(view: R.RunView) -> None:
         figure = plots.inversion_loss_figure({k: smooth(v) for k, v in terms.items()}, smooth(log["total"]),
                                              target_prob=smooth(log["target_prob"]), target_label="target, batch",
                                              steps=log["step"][window - 1:])
-        st.markdown(f"**Weighted losses and p(target) of the training batch per step** (moving mean over {window})")
+        samples = view.sample_probs
+        if samples and len(samples.get("step", ())):
+            import plotly.graph_objects as go
+
+            per_class = np.stack([v for k, v in samples.items() if k != "step"], 1)
+            figure.add_trace(go.Scatter(x=samples["step"], y=per_class.mean(1), mode="lines+markers",
+                                        name="p(target), sample grid (colour)", line=dict(color="#d6336c")),
+                             secondary_y=True)
+        st.markdown(f"**Weighted losses and p(target) per step** (training batch: moving mean over {window}; "
+                    "sample grid: the mean over its classes)")
         st.plotly_chart(figure, width="stretch", key=f"curves_{view.folder.name}")
 
 

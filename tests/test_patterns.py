@@ -165,3 +165,13 @@ def test_quick_mode_paints_the_class_onto_one_substrate(lite0):
     assert result.image.shape == (128, 128, 3)
     with pytest.raises(ConfigError, match="one to three"):
         Q.quick_pattern(lite0, substrate.image, substrate.background, [1, 2, 3, 4])
+
+
+def test_constant_class_tiles_carry_the_weights():
+    from engine.patterns.networks import tiled_class_input
+
+    active = torch.tensor([[0.0, 1.0, 0.5]])
+    tiles = tiled_class_input(active, noise=False)
+    assert tiles.shape == (1, 3, 8, 8)
+    assert torch.equal(tiles[0, 0], torch.zeros(8, 8)) and torch.equal(tiles[0, 1], torch.ones(8, 8))
+    assert torch.equal(tiles[0, 2], torch.full((8, 8), 0.5))

@@ -33,6 +33,9 @@ def add_parser(commands) -> None:
     t.add_argument("--weights", default="3,10,50,150", metavar="CGAN,MASK,VGG,SUBSTRATE",
                    help="the loss weights (the paper: 3,10,50,150)")
     t.add_argument("--base", type=int, default=32, help="channels of G's first layer (doubling down to 8x8)")
+    t.add_argument("--no-class-noise", action="store_true",
+                   help="constant class tiles instead of the paper's zero-mean draw (learns class patterns in far "
+                        "fewer steps; see engine/patterns/networks.py)")
     t.add_argument("--gradcam-mask", action="store_true",
                    help="relax the substrate loss where Grad-CAM sees the class (the extension at the end of sec. 4)")
     t.add_argument("--substrates", metavar="FOLDER",
@@ -89,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = T.TrainConfig(classes=classes, model=handle.name, size=args.size, batch=args.batch,
                                grayscale=not args.color, seed=args.seed, lr=args.lr, base=args.base,
                                weights=parse_weights(args.weights), gradcam_mask=args.gradcam_mask,
+                               class_noise=not args.no_class_noise,
                                substrates=str(Path(args.substrates).resolve()) if args.substrates else None)
         lead = not distributed or dist.get_rank() == 0
         with tqdm_progress("train", disable=not lead) as progress:

@@ -25,6 +25,7 @@ class LoadedGenerator:
     size: int
     steps: int
     model: str
+    class_noise: bool = True  # how f(t) was drawn in training (generation draws it the same way)
 
 
 def load_generator(state: dict) -> LoadedGenerator:
@@ -36,7 +37,8 @@ def load_generator(state: dict) -> LoadedGenerator:
     except (RuntimeError, KeyError, TypeError) as error:
         raise CheckpointError(f"The checkpoint's generator does not match its own settings ({type(error).__name__}).") from None
     return LoadedGenerator(generator.eval(), tuple(state["class_names"]), tuple(config["classes"]),
-                           int(config["size"]), int(state["steps"]), str(config.get("model", "")))
+                           int(config["size"]), int(state["steps"]), str(config.get("model", "")),
+                           bool(config.get("class_noise", True)))
 
 
 def load_generator_file(path: Path) -> LoadedGenerator:
@@ -63,7 +65,7 @@ def generate(loaded: LoadedGenerator, substrate: np.ndarray, weights: dict[int, 
     active = torch.zeros(1, len(loaded.class_names))
     for index, weight in weights.items():
         active[0, index] = float(weight)
-    tiles = tiled_class_input(active, generator=torch.Generator().manual_seed(seed))
+    tiles = tiled_class_input(active, generator=torch.Generator().manual_seed(seed), noise=loaded.class_noise)
     x = torch.from_numpy(np.ascontiguousarray(substrate)).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.inference_mode():
         y = loaded.generator(x, tiles)[0]

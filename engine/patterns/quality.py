@@ -59,7 +59,8 @@ def evaluate(loaded: LoadedGenerator, handle: ModelHandle, second: ModelHandle |
     for index, (name, class_id) in enumerate(zip(loaded.class_names, loaded.class_ids)):
         target = torch.zeros(count, len(loaded.class_names))
         target[:, index] = 1.0
-        tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + index))
+        tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + index),
+                                  noise=loaded.class_noise)
         with torch.inference_mode():
             patterns = loaded.generator(substrates, tiles)
         patterns = ((patterns + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1  # what a saved PNG holds

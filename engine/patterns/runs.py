@@ -6,6 +6,7 @@ A run is a folder::
     checkpoint.pt          G, D, both optimisers and the step count (atomic; resume from here)
     log.csv                every step's losses, appended (and cut back to the checkpoint on resume)
     samples/step_N.png     fixed substrates (rows) x each class (columns)
+    samples.csv            each class's mean probability on its column of each sample grid
     substrates/            the user's own substrate images, when the run uses them
 
 Everything a page shows about a run (live sample grid, loss curves, p(target)) is read back from
@@ -111,6 +112,7 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
         (out / "config.json").write_text(json.dumps({**config.as_dict(), "class_names": [
             handle.class_names[c] for c in config.classes]}, indent=2))
         truncate_log(out / "log.csv", trainer.steps_done)
+        truncate_log(out / "samples.csv", trainer.steps_done)
     log = (out / "log.csv").open("a") if lead else None
     start, stopped = trainer.steps_done, False
     try:
@@ -124,7 +126,7 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
                 log.flush()
             last = step == steps
             if lead and (step % sample_every == 0 or last):
-                write_atomic(out / "samples" / f"step_{step:06d}.png", I.to_png_bytes(T.sample_grid(trainer)))
+                write_samples(trainer, out)
             if lead and (step % checkpoint_every == 0 or last):
                 save_checkpoint(trainer, checkpoint)
             keep_going = True
@@ -136,12 +138,41 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
                 stopped = True
                 if lead:
                     save_checkpoint(trainer, checkpoint)
-                    write_atomic(out / "samples" / f"step_{step:06d}.png", I.to_png_bytes(T.sample_grid(trainer)))
+                    write_samples(trainer, out)
                 break
     finally:
         if log is not None:
             log.close()
     return RunOutcome(str(out), trainer.steps_done, stopped)
+
+
+def write_samples(trainer: T.Trainer, out: Path) -> None:
+    """The sample grid PNG, and each class's mean probability on its column (the classifier sees the
+    8-bit colour picture, as a user would) appended to ``samples.csv``."""
+    grid = T.sample_grid(trainer)
+    step = trainer.steps_done
+    write_atomic(out / "samples" / f"step_{step:06d}.png", I.to_png_bytes(grid))
+    probs = sample_probabilities(trainer, grid)
+    path = out / "samples.csv"
+    truncate_log(path, step - 1)
+    with path.open("a") as table:
+        if table.tell() == 0:
+            table.write("step," + ",".join(f"p_{c}" for c in trainer.config.classes) + "\n")
+        table.write(f"{step}," + ",".join(f"{p:.6g}" for p in probs) + "\n")
+
+
+def sample_probabilities(trainer: T.Trainer, grid: np.ndarray) -> list[float]:
+    """Mean p(class) over the sample grid's column of that class."""
+    import torch
+
+    size, classes = trainer.config.size, len(trainer.config.classes)
+    rows = grid.shape[0] // size
+    cells = [grid[r * size:(r + 1) * size, (c + 1) * size:(c + 2) * size] for c in range(classes) for r in range(rows)]
+    x = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad(), trainer.handle.lock:
+        probs = T.class_probabilities(trainer.handle, x.to(trainer.handle.device), trainer.classes.to(
+            trainer.handle.device), grayscale=False).cpu()
+    return [float(probs[c * rows:(c + 1) * rows, c].mean()) for c in range(classes)]
 
 
 def save_checkpoint(trainer: T.Trainer, path: Path) -> None:
@@ -200,6 +231,7 @@ class RunView:
     config: dict | None
     log: dict[str, np.ndarray]
     sample: Path | None
+    sample_probs: dict[str, np.ndarray]
     checkpoint_steps: int | None
 
     @property
@@ -235,7 +267,7 @@ def view_run(folder: Path) -> RunView:
             config = None
     samples = sorted((folder / "samples").glob("step_*.png")) if (folder / "samples").is_dir() else []
     return RunView(folder, config, read_log(folder / "log.csv"), samples[-1] if samples else None,
-                   checkpoint_steps(folder))
+                   read_log(folder / "samples.csv"), checkpoint_steps(folder))
 
 
 def list_runs(root: Path | None = None) -> list[Path]:

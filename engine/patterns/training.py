@@ -53,6 +53,7 @@ class TrainConfig:
     base: int = 32
     gradcam_mask: bool = False
     substrates: str | None = None  # a folder of the user's own substrate images; None: generated garments
+    class_noise: bool = True  # f(t) drawn as in the paper; False: constant tiles (see tiled_class_input)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -190,7 +191,7 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One step of D, then one of G; returns the losses as numbers."""
         images, background, target, rng = self.batch(self.steps_done)
-        tiles = tiled_class_input(target, generator=rng)
+        tiles = tiled_class_input(target, generator=rng, noise=self.config.class_noise)
         with torch.enable_grad():
             output = self.g_model(images, tiles)
             d_value = L.cgan_loss(self.d_model(images, images), self.d_model(images, output.detach()))
@@ -285,7 +286,7 @@ def sample_grid(trainer: Trainer, substrates: int = 3, seed: int = 12345) -> np.
             for c in range(len(config.classes)):
                 target = torch.zeros(1, len(config.classes))
                 target[0, c] = 1.0
-                tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + c))
+                tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + c), noise=config.class_noise)
                 row.append(trainer.generator(images[index:index + 1], tiles)[0])
             rows.append(torch.cat(row, 2))
     grid = torch.cat(rows, 1)
