@@ -67,8 +67,9 @@ def class_mix(names: list[str], default: list[str], key: str) -> dict[str, float
     return weights
 
 
-def show_top5(picture: np.ndarray, *, highlight: int | None, title: str, key: str) -> None:
-    prediction = handle.classify(images.to_tensor(images.fit_square(picture, handle.input_size), device=handle.device))
+def show_top5(picture: np.ndarray, *, highlight: int | None, title: str, key: str, grey: bool = False) -> None:
+    x = images.to_tensor(images.fit_square(picture, handle.input_size), device=handle.device)
+    prediction = handle.classify(T.grey(x) if grey else x)
     st.plotly_chart(plots.topk_bar(prediction, highlight=highlight, title=title), width="stretch", key=key)
 
 
@@ -116,7 +117,12 @@ def generate_view() -> None:
     with left:
         substrate = pick_substrate(loaded.size, "gen")
         weights = class_mix(list(loaded.class_names), [loaded.class_names[0]], "gen")
-        seed = st.number_input("Noise seed (f(t) is sampled)", 0, 10_000, 0, key="gen_seed")
+        seed = st.number_input("Noise seed (f(t) is sampled)", 0, 10_000, 0, key="gen_seed") if loaded.class_noise else 0
+        grey = loaded.grayscale and st.radio(
+            "The classifier sees", [True, False], horizontal=True, key="gen_grey",
+            format_func={True: "grey, as in training", False: "colour"}.get,
+            help="This generator was trained with a grey classifier input (sec. 4): its patterns are meant to be "
+                 "read in grey. In colour the garment's own colour also counts.")
     if substrate is None:
         return
     if not weights or not any(weights.values()):
@@ -134,7 +140,8 @@ def generate_view() -> None:
         c1.image(substrate.image, caption="substrate", width="stretch")
         c2.image(pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in weights.items()), width="stretch")
         target = loaded.class_ids[loaded.class_names.index(max(weights, key=weights.get))]
-        show_top5(pattern, highlight=target, title="The classifier on the pattern", key="gen_top5")
+        show_top5(pattern, highlight=target, key="gen_top5", grey=grey,
+                  title="The classifier on the pattern" + (" (in grey)" if grey else ""))
         st.download_button("Pattern PNG", images.to_png_bytes(pattern), "pattern.png", "image/png")
     st.markdown("**Every class of this generator on this garment**")
     for column, name, picture in zip(st.columns(len(strip)), loaded.class_names, strip):
@@ -184,7 +191,24 @@ def train_view() -> None:
         run_panel(R.runs_root() / chosen)
 
 
+RECIPES = {  # batch, learning rate, loss weights
+    "paper": (2, 2e-4, "3, 10, 50, 150"),
+    "shipped": (1, 5e-4, "3, 10, 50, 60"),
+}
+
+
+def apply_recipe() -> None:
+    batch, lr, weights = RECIPES[st.session_state.train_recipe]
+    st.session_state.update(train_batch=batch, train_lr=lr, train_weights=weights)
+
+
 def new_run_form() -> None:
+    if "train_recipe" not in st.session_state:
+        st.session_state.train_recipe = "paper"
+        apply_recipe()
+    st.radio("Start from", list(RECIPES), horizontal=True, key="train_recipe", on_change=apply_recipe,
+             format_func={"paper": "The paper's settings (sec. 3)",
+                          "shipped": "The shipped generator's (faster on a CPU; assets/patterns/README.md)"}.get)
     c1, c2, c3 = st.columns([2, 1, 1])
     name = c1.text_input("Name", "five-classes", key="train_name")
     size = c2.select_slider("Size (px)", [64, 128, 256, 512], value=128, key="train_size",
@@ -193,10 +217,14 @@ def new_run_form() -> None:
     classes = st.multiselect("Classes (1 to 24)", list(handle.class_names),
                              default=[c for c in DEFAULT_CLASSES if c in handle.class_names] or [handle.class_names[0]],
                              key="train_classes", max_selections=24)
+    paper_net = T.default_classifier() == "vgg16" and handle.name != "vgg16"
+    st.caption(f"The critic is the sidebar's model, {handle.name}."
+               + (" VGG16, the paper's classifier, is on this machine: pick it in the sidebar to train as the paper did."
+                  if paper_net else ""))
     c1, c2, c3, c4 = st.columns(4)
-    batch = c1.number_input("Batch", 1, 8, 2, key="train_batch", help="The paper: 1-3.")
-    lr = c2.number_input("Learning rate", 1e-5, 1e-2, 2e-4, format="%.5f", key="train_lr", help="The paper: 0.0002.")
-    weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate", "3, 10, 50, 150", key="train_weights",
+    batch = c1.number_input("Batch", 1, 8, key="train_batch", help="The paper: 1-3.")
+    lr = c2.number_input("Learning rate", 1e-5, 1e-2, format="%.5f", key="train_lr", help="The paper: 0.0002.")
+    weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate", key="train_weights",
                                  help="The paper: 3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s.")
     grey = c4.toggle("Grey to the classifier", True, key="train_grey", help="Sec. 4: the paper found grey better.")
     noise = c4.toggle("Sample f(t) as the paper", False, key="train_noise",

@@ -132,7 +132,8 @@ def test_patterns_train_writes_checkpoint_samples_and_log_and_resumes(tmp_path):
     run = tmp_path / "run"
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_000002.png", "step_000004.png"]
     assert json.loads((run / "config.json").read_text())["class_names"] == ["class 1", "class 3"]
-    again = subprocess.run(args + ["--steps", "6", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+    no_model = [a for a in args if a not in ("--model", "tiny_test_cnn")]  # resume takes the checkpoint's model
+    again = subprocess.run(no_model + ["--steps", "6", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=env)
     assert again.returncode == 0, again.stderr
     steps = [int(line.split(",")[0]) for line in (run / "log.csv").read_text().splitlines()[1:]]

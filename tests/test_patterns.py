@@ -175,3 +175,13 @@ def test_constant_class_tiles_carry_the_weights():
     assert tiles.shape == (1, 3, 8, 8)
     assert torch.equal(tiles[0, 0], torch.zeros(8, 8)) and torch.equal(tiles[0, 1], torch.ones(8, 8))
     assert torch.equal(tiles[0, 2], torch.full((8, 8), 0.5))
+
+
+def test_the_critic_is_vgg16_when_its_weights_are_here(monkeypatch):
+    from engine import models
+    from engine.patterns import training as T
+
+    monkeypatch.setattr(models, "torchvision_weights_cached", lambda name: name == "vgg16")
+    assert T.default_classifier() == "vgg16"
+    monkeypatch.setattr(models, "torchvision_weights_cached", lambda name: False)
+    assert T.default_classifier() == models.DEFAULT_MODEL

@@ -12,6 +12,7 @@ from engine.patterns import generate as G
 from engine.patterns import runs as R
 from engine.patterns import substrates as S
 from engine.patterns import training as T
+from engine.patterns.cli import parse_weights
 from tests import apptest
 
 
@@ -35,6 +36,12 @@ def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():
     assert len(pictures) == 1 + 1 + len(loaded.class_names)  # substrate, the mix, one per class
     assert [b.proto.label for b in at.get("download_button")] == ["Pattern PNG"]
     assert len(at.get("plotly_chart")) == 1
+    assert loaded.grayscale and not loaded.class_noise  # trained as the shipped README says
+    assert at.radio(key="gen_grey").value is True  # read in grey, as the classifier saw it in training
+    assert "(in grey)" in str(at.get("plotly_chart")[0].proto)
+    assert not at.number_input  # constant class tiles: no noise seed to pick
+    at.radio(key="gen_grey").set_value(False).run()
+    assert "(in grey)" not in str(at.get("plotly_chart")[0].proto)
     at.multiselect(key="gen_classes").set_value(["zebra", "jaguar"]).run()
     at.slider(key="gen_w_jaguar").set_value(0.5).run()
     assert not at.exception, at.exception
@@ -110,6 +117,12 @@ def test_the_new_run_form_refuses_what_cannot_train():
     _train_tiny_run(R.runs_root() / "taken")
     at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train")
     at.selectbox(key="train_run").set_value("(new run)").run()
+    assert (at.number_input(key="train_lr").value, at.text_input(key="train_weights").value) == (2e-4, "3, 10, 50, 150")
+    at.radio(key="train_recipe").set_value("shipped").run()
+    shipped = T.read_checkpoint(G.SHIPPED)["config"]  # the recipe is the one the shipped generator was trained with
+    assert at.number_input(key="train_lr").value == pytest.approx(shipped["lr"])
+    assert parse_weights(at.text_input(key="train_weights").value).as_dict() == shipped["weights"]
+    assert at.number_input(key="train_batch").value == shipped["batch"] and not shipped["class_noise"]
     at.text_input(key="train_name").set_value("taken").run()
     at.text_input(key="train_weights").set_value("3, 10, 50").run()
     at.radio(key="train_substrates").set_value("upload").run()

@@ -27,7 +27,9 @@ def add_parser(commands) -> None:
     t.add_argument("--steps", type=int, required=True, help="train until this many steps in total")
     t.add_argument("--size", type=int, default=128, help="image side, a power of two (the paper: 512)")
     t.add_argument("--batch", type=int, default=2, help="substrates per step (the paper: 1-3)")
-    t.add_argument("--model", default=models.DEFAULT_MODEL, help="the classifier (VGG16 in the paper)")
+    t.add_argument("--model", default=None,
+                   help="the classifier; default: VGG16, the paper's, when its weights are on this machine, else the "
+                        "bundled model (on --resume: the checkpoint's)")
     t.add_argument("--color", action="store_true", help="show the classifier colour images (default: grey, sec. 4)")
     t.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate for G and D (the paper: 0.0002)")
     t.add_argument("--weights", default="3,10,50,150", metavar="CGAN,MASK,VGG,SUBSTRATE",
@@ -87,7 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         dist.init_process_group("gloo" if os.environ.get("GLASSBOX_DEVICE", "cpu") == "cpu" else "nccl")
     try:
-        handle = models.load_model(args.model)
+        model = args.model
+        checkpoint = Path(args.out) / "checkpoint.pt"
+        if model is None and args.resume and checkpoint.is_file():
+            model = T.read_checkpoint(checkpoint)["config"]["model"]
+        handle = models.load_model(model or T.default_classifier())
         classes = tuple(handle.class_index(c) for c in args.classes)
         config = T.TrainConfig(classes=classes, model=handle.name, size=args.size, batch=args.batch,
                                grayscale=not args.color, seed=args.seed, lr=args.lr, base=args.base,

@@ -26,6 +26,7 @@ class LoadedGenerator:
     steps: int
     model: str
     class_noise: bool = True  # how f(t) was drawn in training (generation draws it the same way)
+    grayscale: bool = False  # whether the classifier saw grey images in training
 
 
 def load_generator(state: dict) -> LoadedGenerator:
@@ -38,7 +39,7 @@ def load_generator(state: dict) -> LoadedGenerator:
         raise CheckpointError(f"The checkpoint's generator does not match its own settings ({type(error).__name__}).") from None
     return LoadedGenerator(generator.eval(), tuple(state["class_names"]), tuple(config["classes"]),
                            int(config["size"]), int(state["steps"]), str(config.get("model", "")),
-                           bool(config.get("class_noise", True)))
+                           bool(config.get("class_noise", True)), bool(config.get("grayscale", False)))
 
 
 def load_generator_file(path: Path) -> LoadedGenerator:

@@ -76,6 +76,13 @@ class TrainConfig:
             raise ConfigError(f"{handle.name} has no convolutional map for the Grad-CAM mask.")
 
 
+def default_classifier() -> str:
+    """VGG16, the paper's classifier, when its torchvision weights are on this machine; else the bundled model."""
+    from .. import models
+
+    return "vgg16" if models.torchvision_weights_cached("vgg16") else models.DEFAULT_MODEL
+
+
 def grey(x: torch.Tensor) -> torch.Tensor:
     """ITU-R 601 luma, repeated on three channels (what the classifier sees with ``grayscale``)."""
     return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand(-1, 3, -1, -1)
