@@ -181,7 +181,13 @@ def test_the_quality_report_scores_every_class(tiny, tmp_path):
     with torch.inference_mode():
         probs = tiny.logits(x).softmax(1)[:, 3]
         top5 = (tiny.logits(x).topk(5, 1).indices == 3).any(1).float().mean()
+        grey = T.grey(x)
+        probs_grey = tiny.logits(grey).softmax(1)[:, 3]
+        top5_grey = (tiny.logits(grey).topk(5, 1).indices == 3).any(1).float().mean()
     assert results[1].mean_prob == pytest.approx(float(probs.mean()), abs=1e-5)
+    assert results[1].mean_prob_grey == pytest.approx(float(probs_grey.mean()), abs=1e-5)
     assert results[1].top5_rate == pytest.approx(float(top5))
+    assert results[1].top5_rate_grey == pytest.approx(float(top5_grey))
     table = Q.markdown_table(results, model="tiny", second="tiny", count=3)
-    assert table.count("\n") == 5 and "**mean**" in table
+    assert table.count("\n") == 5 and "**mean of 2**" in table
+    assert f"| {results[1].top5_rate:.0%} | {results[1].top5_rate_grey:.0%} |" in table.splitlines()[3]

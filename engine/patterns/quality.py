@@ -31,7 +31,8 @@ class ClassQuality:
     class_id: int
     mean_prob: float  # training classifier, colour image
     mean_prob_grey: float  # training classifier, grey image
-    top5_rate: float | None  # second network; None when none was given
+    top5_rate: float | None  # second network, colour image; None when none was given
+    top5_rate_grey: float | None  # second network, grey image
     substrate_prob: float  # the training classifier's mean probability of the class on the bare substrates
 
 
@@ -66,24 +67,30 @@ def evaluate(loaded: LoadedGenerator, handle: ModelHandle, second: ModelHandle |
         patterns = ((patterns + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1  # what a saved PNG holds
         colour = _probs(handle, patterns, grayscale=False)[:, class_id]
         greyed = _probs(handle, patterns, grayscale=True)[:, class_id]
-        top5 = None
+        top5 = top5_grey = None
         if second is not None:
-            ranks = _probs(second, patterns, grayscale=False).topk(5, dim=1).indices
-            top5 = float((ranks == class_id).any(1).float().mean())
-        results.append(ClassQuality(name, class_id, float(colour.mean()), float(greyed.mean()), top5,
+            top5, top5_grey = (float((_probs(second, patterns, grayscale=g).topk(5, dim=1).indices == class_id)
+                                     .any(1).float().mean()) for g in (False, True))
+        results.append(ClassQuality(name, class_id, float(colour.mean()), float(greyed.mean()), top5, top5_grey,
                                     float(bare[:, class_id].mean())))
     return results
 
 
 def markdown_table(results: list[ClassQuality], *, model: str, second: str | None, count: int) -> str:
-    head = (f"| class | p(target), {model}, colour | p(target), {model}, grey | "
-            f"{second or 'second net'} top-5 rate | p(target) on the bare substrates |\n|---|---|---|---|---|\n")
-    rows = []
-    for r in results:
-        top5 = "—" if r.top5_rate is None else f"{r.top5_rate:.0%} of {count}"
-        rows.append(f"| {r.name} | {r.mean_prob:.3f} | {r.mean_prob_grey:.3f} | {top5} | {r.substrate_prob:.4f} |")
-    mean = np.mean([r.mean_prob for r in results])
-    rows.append(f"| **mean** | **{mean:.3f}** | {np.mean([r.mean_prob_grey for r in results]):.3f} | "
-                + ("—" if results[0].top5_rate is None else f"{np.mean([r.top5_rate for r in results]):.0%}")
-                + f" | {np.mean([r.substrate_prob for r in results]):.4f} |")
+    second = second or "second net"
+    head = (f"| class | p(target), {model}, colour | p(target), {model}, grey | {second} top-5 rate, colour | "
+            f"{second} top-5 rate, grey | p(target) on the bare substrates |\n|---|---|---|---|---|---|\n")
+
+    def rate(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0%}"
+
+    rows = [f"| {r.name} | {r.mean_prob:.3f} | {r.mean_prob_grey:.3f} | {rate(r.top5_rate)} | "
+            f"{rate(r.top5_rate_grey)} | {r.substrate_prob:.4f} |" for r in results]
+
+    def mean(field: str) -> float | None:
+        values = [getattr(r, field) for r in results]
+        return None if None in values else float(np.mean(values))
+
+    rows.append(f"| **mean of {len(results)}** | **{mean('mean_prob'):.3f}** | **{mean('mean_prob_grey'):.3f}** | "
+                f"{rate(mean('top5_rate'))} | {rate(mean('top5_rate_grey'))} | {mean('substrate_prob'):.4f} |")
     return head + "\n".join(rows) + "\n"
