@@ -136,9 +136,11 @@ def generate_view() -> None:
         right.error(str(error))
         return
     with right:
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         c1.image(substrate.image, caption="substrate", width="stretch")
         c2.image(pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in weights.items()), width="stretch")
+        change = np.clip(128 + 3 * (pattern.astype(np.int16) - substrate.image.astype(np.int16)), 0, 255)
+        c3.image(change.astype(np.uint8), caption="what G changed (× 3, grey = nothing)", width="stretch")
         target = loaded.class_ids[loaded.class_names.index(max(weights, key=weights.get))]
         show_top5(pattern, highlight=target, key="gen_top5", grey=grey,
                   title="The classifier on the pattern" + (" (in grey)" if grey else ""))

@@ -172,6 +172,8 @@ def test_patterns_page_generates_from_the_shipped_generator_and_trains(server, t
         page.get_by_text("Samples at step 25").first.wait_for(timeout=120_000)  # the live sample grid's caption
         screenshot(page, "patterns-training")
         page.get_by_text("checkpoint at step 60").first.wait_for(timeout=240_000)
-        wait_for_app(page, "Resume")
+        page.get_by_role("button", name="Resume", exact=True).wait_for(timeout=60_000)  # the job has ended
+        wait_for_app(page)
+        assert not page.get_by_role("button", name="Stop", exact=True).count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "patterns-trained")

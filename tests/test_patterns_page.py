@@ -33,7 +33,7 @@ def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():
     loaded = G.load_generator_file(G.SHIPPED)
     assert f"trained {loaded.steps} steps" in " ".join(c.value for c in at.caption)
     pictures = at.main.get("image")
-    assert len(pictures) == 1 + 1 + len(loaded.class_names)  # substrate, the mix, one per class
+    assert len(pictures) == 3 + len(loaded.class_names)  # substrate, the mix, the change, one per class
     assert [b.proto.label for b in at.get("download_button")] == ["Pattern PNG"]
     assert len(at.get("plotly_chart")) == 1
     assert loaded.grayscale and not loaded.class_noise  # trained as the shipped README says
