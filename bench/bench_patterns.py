@@ -2,7 +2,7 @@
 pix2pix step of the same size in the same run.
 
     python bench/bench_patterns.py [--quick] [--markdown]
-    python bench/bench_patterns.py --quality [--markdown]   # the shipped generator's quality report
+    python bench/bench_patterns.py --quality [--markdown] [--checkpoint PATH]   # a generator's quality report
 
 CPU, torch's default threads, the engine's allocator tuning on; 5 classes, batch 2 for training.
 
@@ -15,7 +15,8 @@ CPU, torch's default threads, the engine's allocator tuning on; 5 classes, batch
   the whole image resized and on three crops (forward and backward to the image), with the four
   losses of sec. 3. Its floor: the pix2pix step plus those classifier passes, timed alone.
 
-With ``--quality``: the shipped generator (assets/patterns/five-classes.pt) on 20 held-out
+With ``--quality``: the shipped generator (assets/patterns/five-classes.pt), or the run checkpoint or
+exported generator given with ``--checkpoint``, on 20 held-out
 substrates per class (:mod:`engine.patterns.quality`): the training classifier's mean target
 probability, and how often lite1 and lite2 -- never seen in training -- put the class in their top 5.
 
@@ -104,13 +105,14 @@ def training_rows(handle, repeats: int) -> list[list]:
              f"{timings['ours'] / timings['pix2pix']:.2f}"]]
 
 
-def quality_report(markdown: bool, count: int = 20) -> None:
+def quality_report(path: Path | None = None, count: int = 20) -> None:
     from engine.patterns import generate as G
     from engine.patterns import quality as Q
 
-    loaded = G.load_generator_file(G.SHIPPED)
+    path = (path or G.SHIPPED).resolve()
+    loaded = G.load_generator_file(path)
     handle = models.load_model(loaded.model, device="cpu")
-    print(f"{G.SHIPPED.relative_to(Path.cwd()) if G.SHIPPED.is_relative_to(Path.cwd()) else G.SHIPPED}: "
+    print(f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}: "
           f"{loaded.size} px, {loaded.steps} steps against {loaded.model}; {count} held-out substrates per class")
     for second in ("efficientnet_lite1", "efficientnet_lite2"):
         results = Q.evaluate(loaded, handle, models.load_model(second, device="cpu"), count=count)
@@ -121,7 +123,8 @@ def main(argv=None) -> None:
     if argv is None:
         argv = sys.argv[1:]
     if "--quality" in argv:
-        quality_report("--markdown" in argv)
+        at = argv.index("--checkpoint") + 1 if "--checkpoint" in argv else None
+        quality_report(Path(argv[at]) if at is not None and at < len(argv) else None)
         return
     args = quick_markdown_args(__doc__, argv)
     handle = models.load_model("efficientnet_lite0", device="cpu")
