@@ -20,7 +20,7 @@ from ..models import ModelHandle
 from .generate import LoadedGenerator
 from .networks import tiled_class_input
 from .substrates import substrate_batch, to_tensor_pm1
-from .training import grey
+from .training import classifier_view
 
 HELD_OUT_SEED = 2_000_000_011  # training draws substrate seeds from seed * 1_000_003 + step * 64 + rank
 
@@ -42,11 +42,7 @@ def held_out_substrates(count: int, size: int) -> torch.Tensor:
 
 
 def _probs(handle: ModelHandle, images_pm1: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
-    x = (images_pm1 + 1) / 2
-    if grayscale:
-        x = grey(x)
-    x = torch.nn.functional.interpolate(x, size=(handle.input_size,) * 2, mode="bilinear", align_corners=False,
-                                        antialias=True)
+    x = classifier_view(handle, images_pm1, grayscale=grayscale)
     with torch.inference_mode():
         return handle.logits(x.to(handle.device)).softmax(1).cpu()
 
