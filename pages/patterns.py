@@ -193,20 +193,20 @@ def train_view() -> None:
         run_panel(R.runs_root() / chosen)
 
 
-RECIPES = {  # batch, learning rate, loss weights
-    "paper": (2, 2e-4, "3, 10, 50, 150"),
-    "shipped": (1, 5e-4, "3, 10, 50, 60"),
+RECIPES = {  # batch, learning rate, loss weights, f(t) sampled as the paper
+    "paper": (2, 2e-4, "3, 10, 50, 150", True),
+    "shipped": (1, 5e-4, "3, 10, 50, 60", False),
 }
 
 
 def apply_recipe() -> None:
-    batch, lr, weights = RECIPES[st.session_state.train_recipe]
-    st.session_state.update(train_batch=batch, train_lr=lr, train_weights=weights)
+    batch, lr, weights, noise = RECIPES[st.session_state.train_recipe]
+    st.session_state.update(train_batch=batch, train_lr=lr, train_weights=weights, train_noise=noise)
 
 
 def new_run_form() -> None:
-    if "train_recipe" not in st.session_state:
-        st.session_state.train_recipe = "paper"
+    if "train_recipe" not in st.session_state:  # on a CPU, the recipe that shows patterns in a few thousand steps
+        st.session_state.train_recipe = "shipped" if handle.device.type == "cpu" else "paper"
         apply_recipe()
     st.radio("Start from", list(RECIPES), horizontal=True, key="train_recipe", on_change=apply_recipe,
              format_func={"paper": "The paper's settings (sec. 3)",
@@ -229,7 +229,7 @@ def new_run_form() -> None:
     weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate", key="train_weights",
                                  help="The paper: 3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s.")
     grey = c4.toggle("Grey to the classifier", True, key="train_grey", help="Sec. 4: the paper found grey better.")
-    noise = c4.toggle("Sample f(t) as the paper", False, key="train_noise",
+    noise = c4.toggle("Sample f(t) as the paper", key="train_noise",
                       help="The paper draws each active class tile from N(1, 2) ∪ N(-1, 2), which has mean 0: G can "
                            "only tell the class from the draw's spread, and on a CPU budget it learns one pattern for "
                            "all classes. Off: constant tiles, which G picks up in a few thousand steps.")

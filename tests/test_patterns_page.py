@@ -117,8 +117,12 @@ def test_the_new_run_form_refuses_what_cannot_train():
     _train_tiny_run(R.runs_root() / "taken")
     at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train")
     at.selectbox(key="train_run").set_value("(new run)").run()
+    assert at.radio(key="train_recipe").value == "shipped"  # the CPU default
+    at.radio(key="train_recipe").set_value("paper").run()
     assert (at.number_input(key="train_lr").value, at.text_input(key="train_weights").value) == (2e-4, "3, 10, 50, 150")
+    assert at.toggle(key="train_noise").value is True  # the paper's f(t)
     at.radio(key="train_recipe").set_value("shipped").run()
+    assert at.toggle(key="train_noise").value is False
     shipped = T.read_checkpoint(G.SHIPPED)["config"]  # the recipe is the one the shipped generator was trained with
     assert at.number_input(key="train_lr").value == pytest.approx(shipped["lr"])
     assert parse_weights(at.text_input(key="train_weights").value).as_dict() == shipped["weights"]
