@@ -1,16 +1,18 @@
 """Glassbox: the router and the shared frame (page config + sidebar) of every page.
 
-Run with ``streamlit run streamlit_app.py``. Pages live in ``pages/`` and stay thin: each calls
-:func:`ensure_frame` first, which returns the shared :class:`Selection` (model, image). When a page
-is run without this router (Streamlit can do that for the first deep link on a freshly started
-server, because the folder is called ``pages/``), ``ensure_frame`` draws the frame itself, so the
-page still gets its sidebar and page config.
+Run with ``streamlit run streamlit_app.py``. Pages live in ``app_pages/`` (not ``pages/``: Streamlit
+lists a ``pages/`` folder in the sidebar by itself, with lowercase file names, before the router's
+navigation exists) and stay thin: each is ``main()`` plus ``*_controls()`` that return a frozen
+config and ``render_*()`` that draw a result. ``main()`` calls :func:`ensure_frame` first, which
+returns the shared :class:`Selection` (model, image). Long work goes through :func:`start_job` and
+:func:`show_job`: one find-or-start by key, one polling fragment, for every page.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import streamlit as st
@@ -38,26 +40,26 @@ class PageEntry:
 
 # Only pages that exist are listed; each demo issue adds its line here and nothing else.
 PAGES: tuple[PageEntry, ...] = (
-    PageEntry("pages/home.py", "Home", ":material/home:", "home",
+    PageEntry("app_pages/home.py", "Home", ":material/home:", "home",
               "What Glassbox is and what each demo shows.", default=True),
-    PageEntry("pages/classify.py", "Classify", ":material/bar_chart:", "classify",
+    PageEntry("app_pages/classify.py", "Classify", ":material/bar_chart:", "classify",
               "The chosen image as the model sees it, with its five most likely ImageNet classes."),
-    PageEntry("pages/relabel.py", "Relabel", ":material/swap_horiz:", "relabel",
+    PageEntry("app_pages/relabel.py", "Relabel", ":material/swap_horiz:", "relabel",
               "Make the photo take any ImageNet label while it looks unchanged (Robinson & Graham 2015), "
               "with FGSM, PGD and least-likely attacks, and the checks that show where it stops working."),
-    PageEntry("pages/saliency.py", "Saliency", ":material/blur_on:", "saliency",
+    PageEntry("app_pages/saliency.py", "Saliency", ":material/blur_on:", "saliency",
               "Which pixels made the model decide? Grad-CAM, Grad-CAM++, guided Grad-CAM, gradients, "
               "integrated gradients, occlusion and RISE side by side, two classes compared, and each map "
               "scored by deletion and insertion."),
-    PageEntry("pages/inversion.py", "Class inversion", ":material/auto_fix_high:", "inversion",
+    PageEntry("app_pages/inversion.py", "Class inversion", ":material/auto_fix_high:", "inversion",
               "Change the photo until the model strongly calls it another class, with content, style, TV and "
               "colour losses, masks and jitter so the change means something (Anosheh et al.), and rebuild an "
               "image from one layer's features (Mahendran & Vedaldi)."),
-    PageEntry("pages/dissection.py", "Dissection", ":material/grid_view:", "dissection",
+    PageEntry("app_pages/dissection.py", "Dissection", ":material/grid_view:", "dissection",
               "Which units of a layer detect which concepts? Network Dissection's IoU between each unit's "
               "strongest activations and concept masks, on a bundled set of colours, textures and shapes "
               "or your own Broden-format data."),
-    PageEntry("pages/patterns.py", "Patterns", ":material/checkroom:", "patterns",
+    PageEntry("app_pages/patterns.py", "Patterns", ":material/checkroom:", "patterns",
               "Paint what the classifier thinks a class looks like onto a garment: Chaplygin & Chacksfield's "
               "conditional GAN from a trained checkpoint, or a quick direct optimisation with the same losses."),
 )
@@ -94,6 +96,43 @@ def set_url_value(key: str, value: str | None) -> None:
         st.query_params.pop(key, None)
     elif st.query_params.get(key) != value:
         st.query_params[key] = value
+
+
+def url_widget(widget: Callable[..., Any], label: str, *, key: str, default: Any, param: str | None = None,
+               parse: Callable[[str], Any] = str, dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
+    """A widget whose value lives in the page's URL as ``param`` (default: ``key``).
+
+    A fresh session (a reload, a second tab, a shared link) starts from the URL's value, so the
+    page computes the same job key and finds the same running or finished job. Values equal to
+    ``default`` are left out of the URL. Do not pass ``value``/``index``: the session state holds it.
+    """
+    param = param or key
+    if key not in st.session_state:
+        value, raw = default, url_value(param)
+        if raw is not None:
+            try:
+                value = parse(raw)
+                if "options" in kwargs and value not in list(kwargs["options"]):
+                    raise ValueError(raw)
+            except (ValueError, TypeError, KeyError):
+                value = default
+                st.warning(f"The link's {param}={raw!r} is not a valid setting here; using {dump(default)} instead.")
+        st.session_state[key] = value
+    value = widget(label, key=key, **kwargs)
+    set_url_value(param, None if value == default or value is None else dump(value))
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def dump_bool(value: bool) -> str:
+    return "1" if value else "0"
 
 
 def class_picker(handle: models.ModelHandle, *, label: str = "Class", key: str = "class",
@@ -288,12 +327,8 @@ def render_sidebar() -> Selection:
 
 
 def ensure_frame() -> Selection:
-    """The shared selection. A page run without the router runs the router instead, then stops.
-
-    Streamlit can run a page file on its own (the first deep link on a freshly started server,
-    since the folder is called ``pages/``); running the router from there registers the real
-    navigation, draws the frame and runs this same page once, properly framed.
-    """
+    """The shared selection. A page run without the router (a test running the file alone) runs
+    the router instead, which draws the frame and runs this same page once, properly framed."""
     selection = getattr(_current, "selection", None)
     if selection is not None:
         return selection
@@ -301,23 +336,104 @@ def ensure_frame() -> Selection:
     st.stop()
 
 
-def job_row(status: jobs.JobStatus, *, pool: str = "default", cancel_label: str = "Cancel") -> None:
+# ---------------------------------------------------------------------------------------------
+# Long work: the one job controller every page uses (find or start by key, one polling fragment)
+
+
+def start_job(key: str, fn: Callable[..., Any], *args: Any, title: str, pool: str = "default",
+              kind: str = "thread", records: bool = False, **kwargs: Any) -> jobs.JobStatus | None:
+    """Find the job for ``key`` or start it (a failed or cancelled one starts again).
+
+    The key must be built from the page's settings, which live in the URL, so a reload or a second
+    tab with the same link computes the same key and finds the same job. ``records=True`` gives the
+    work an ``observer`` whose per-step records live (bounded) in the job. A refusal (full queue,
+    work that cannot run in a process) is shown as a sentence and gives None.
+    """
+    try:
+        return jobs.registry(pool).find_or_start(key, fn, *args, title=title, kind=kind, records=records, **kwargs)
+    except GlassboxError as error:
+        st.error(str(error))
+        return None
+
+
+def find_job(key: str, *, pool: str = "default") -> jobs.JobStatus | None:
+    return jobs.registry(pool).find(key)
+
+
+LiveView = Callable[[jobs.JobStatus], None]
+
+
+def show_job(key: str, *, pool: str = "default", live: LiveView | None = None,
+             idle: str | None = "Press **Run** to start.", cancel_label: str = "Cancel",
+             cancelled: str = "Cancelled. Press **Run** to start again.") -> jobs.JobStatus | None:
+    """Draw the job for ``key`` as every page does; return its status once it is done.
+
+    None yet: the ``idle`` sentence. Queued or running: the shared polling fragment (progress, queue
+    position, ETA, Cancel, and ``live(status)`` for the page's live view of ``status.records``);
+    when it ends the page reruns by itself. Failed: its sentence. Cancelled: ``cancelled``.
+    """
+    done = show_jobs([key], pool=pool, live=live, idle=idle, cancel_label=cancel_label, cancelled=cancelled)
+    return done.get(key)
+
+
+def show_jobs(keys: Sequence[str], *, pool: str = "default", live: LiveView | None = None,
+              idle: str | None = None, cancel_label: str = "Cancel",
+              cancelled: str = "Cancelled. Press **Run** to start again.") -> dict[str, jobs.JobStatus]:
+    """:func:`show_job` for several keys at once (one fragment polls all the unfinished ones);
+    returns the done ones by key."""
+    statuses = {key: find_job(key, pool=pool) for key in keys}
+    running = [status.id for status in statuses.values() if status is not None and not status.finished]
+    if running:
+        _poll_jobs(tuple(running), pool, live, cancel_label, _POLL_EVERY_S.get(pool, 0.8))
+    for status in statuses.values():
+        if status is None or not status.finished or status.done:
+            continue
+        if status.state is jobs.JobState.FAILED:
+            st.error(status.error or "The job failed.")
+        else:
+            st.info(cancelled)
+    if idle and all(status is None for status in statuses.values()):
+        st.info(idle)
+    return {key: status for key, status in statuses.items() if status is not None and status.done}
+
+
+def job_row(status: jobs.JobStatus, *, cancel_label: str = "Cancel") -> None:
     """One job as every page shows it: progress with queue position and ETA, and a Cancel button."""
     where = f" (queued, position {status.queue_position})" if status.queue_position else ""
     eta = f" · about {status.eta_s:.0f} s left" if status.eta_s is not None and not status.finished else ""
     c1, c2 = st.columns([5, 1])
-    c1.progress(status.fraction, text=f"{status.title}: {status.message or status.state}{where}{eta}")
+    c1.progress(status.fraction, text=f"{status.title}: {status.message or status.state.value}{where}{eta}")
     if not status.finished and c2.button(cancel_label, key=f"cancel_{status.id}"):
-        jobs.registry(pool).cancel(status.id)
+        jobs.registry(status.pool).cancel(status.id)
 
 
-@st.fragment(run_every=0.8)
-def job_progress(job_id: str) -> None:
-    """Poll one job until it finishes, then rerun the page to show its result (reloads do not stop it)."""
-    status = jobs.registry().status(job_id)
-    job_row(status)
-    if status.finished:
+_POLL_EVERY_S = {"default": 0.8, "training": 2.0}
+
+
+def _poll_jobs(job_ids: tuple[str, ...], pool: str, live: LiveView | None, cancel_label: str,
+               every: float) -> None:
+    fragment = _POLLERS.get(every)
+    if fragment is None:
+        fragment = _POLLERS.setdefault(every, st.fragment(_poll_body, run_every=every))
+    fragment(job_ids, pool, live, cancel_label)
+
+
+def _poll_body(job_ids: tuple[str, ...], pool: str, live: LiveView | None, cancel_label: str) -> None:
+    """The one polling fragment: rows (and the live view) until every job ended, then a page rerun."""
+    registry = jobs.registry(pool)
+    try:
+        statuses = [registry.status(job_id) for job_id in job_ids]
+    except GlassboxError:  # forgotten meanwhile (server restarted its registry): let the page decide
         st.rerun()
+    for status in statuses:
+        job_row(status, cancel_label=cancel_label)
+        if live is not None:
+            live(status)
+    if all(status.finished for status in statuses):
+        st.rerun()
+
+
+_POLLERS: dict[float, Callable[..., None]] = {}
 
 
 def require_model(selection: Selection) -> models.ModelHandle:

@@ -234,9 +234,14 @@ def fit_square(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.uint8).copy()
 
 
-def to_tensor(image: np.ndarray | Image.Image, *, device: torch.device | str | None = None
-              ) -> torch.Tensor:
-    """uint8 H x W x 3 (or PIL) -> float32 1 x 3 x H x W in [0, 1].
+Range = tuple[float, float]
+UNIT: Range = (0.0, 1.0)  # what models and every method take
+SIGNED: Range = (-1.0, 1.0)  # a tanh generator's output (patterns)
+
+
+def to_tensor(image: np.ndarray | Image.Image, *, device: torch.device | str | None = None,
+              value_range: Range = UNIT) -> torch.Tensor:
+    """uint8 H x W x 3 (or PIL) -> float32 1 x 3 x H x W in ``value_range`` ([0, 1] by default).
 
     A batch N x H x W x 3 gives N x 3 x H x W.
     """
@@ -254,14 +259,20 @@ def to_tensor(image: np.ndarray | Image.Image, *, device: torch.device | str | N
     if device is not None:
         pixels = pixels.to(device)
     pixels = pixels.permute(0, 3, 1, 2)
-    return pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    x = pixels.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    low, high = value_range
+    return x if (low, high) == UNIT else x.mul_(high - low).add_(low)
 
 
-def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Floats in [0, 1], 3 x H x W or 1 x 3 x H x W -> uint8 H x W x 3, clipped and rounded.
+def to_uint8(x: torch.Tensor | np.ndarray, *, value_range: Range = UNIT) -> np.ndarray:
+    """Floats in ``value_range`` ([0, 1] by default, or :data:`SIGNED`), 3 x H x W or 1 x 3 x H x W
+    -> uint8 H x W x 3, clipped and rounded.
 
     A batch N x 3 x H x W (N > 1) gives N x H x W x 3.
     """
+    low, high = value_range
+    if (low, high) != UNIT:
+        x = (x - low) / (high - low)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:

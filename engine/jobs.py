@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 UNKNOWN_JOB = "This job is no longer known; it may have finished long ago or the server restarted."
 
 
-class JobState(str, enum.Enum):
-    """Lifecycle of a job; a ``str`` so pages can compare with plain strings."""
+class JobState(enum.Enum):
+    """Lifecycle of a job. Compare with the members (``status.state is JobState.DONE``), never with
+    strings: a plain ``Enum`` makes ``state == "done"`` always False, so a typo cannot pass silently."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -49,6 +50,39 @@ class JobState(str, enum.Enum):
 
 
 FINISHED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+RESTARTABLE = (JobState.FAILED, JobState.CANCELLED)  # find_or_start starts these again
+MAX_RECORDS = 4000  # per-step records a job keeps (the oldest go first); they are freed with the job
+
+
+class RecordLog:
+    """A job's per-step records (loss terms, snapshots): bounded, thread-safe, freed with the job.
+
+    The work sees it as ``observer`` and only calls :meth:`append`; the page reads a copy through
+    ``JobStatus.records``. Keeping them in the job (not in a page-level dict) means a reload or a
+    second tab sees the same live curve, and nothing outlives the job in the registry.
+    """
+
+    def __init__(self, limit: int = MAX_RECORDS) -> None:
+        self._items: deque = deque(maxlen=max(1, int(limit)))
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def append(self, record: Any) -> None:
+        with self._lock:
+            if len(self._items) == self._items.maxlen:
+                self.dropped += 1
+            self._items.append(record)
+
+    def snapshot(self) -> tuple:
+        with self._lock:
+            return tuple(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -67,10 +101,16 @@ class JobStatus:
     result: Any = None
     detail: str | None = None  # traceback text for logs; never shown to a student
     key: str | None = None
+    records: tuple = ()  # the job's per-step records so far (a copy), when it keeps any
+    pool: str = "default"
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    @property
+    def done(self) -> bool:
+        return self.state is JobState.DONE
 
 
 def error_sentence(exc: BaseException) -> str:
@@ -100,6 +140,7 @@ class _Job:
     error: str | None = None
     detail: str | None = None
     result: Any = None
+    records: RecordLog | None = None
 
     @property
     def finished(self) -> bool:
@@ -109,8 +150,9 @@ class _Job:
 class JobRegistry:
     """Runs submitted work at most ``max_running`` at a time and remembers how it went."""
 
-    def __init__(self, max_running: int = 1, max_queued: int = 16, keep_finished: int = 64,
-                 cancel_grace_s: float = 3.0) -> None:
+    def __init__(self, max_running: int = 1, max_queued: int = 16, keep_finished: int = 32,
+                 cancel_grace_s: float = 3.0, *, name: str = "default") -> None:
+        self.name = name
         self.max_running = max(1, int(max_running))
         self.max_queued = max(0, int(max_queued))
         self.keep_finished = max(0, int(keep_finished))
@@ -123,12 +165,20 @@ class JobRegistry:
 
     # -- public API ---------------------------------------------------------------------------
 
+    def find_or_start(self, key: str, fn: Callable[..., Any], *args: Any, title: str,
+                      kind: Literal["thread", "process"] = "thread", records: bool = False,
+                      **kwargs: Any) -> JobStatus:
+        """The job for ``key``: the one queued, running or done, else a new one (a failed or
+        cancelled one is started again). This is the one way a page starts long work."""
+        return self.status(self.submit(fn, *args, title=title, key=key, kind=kind, records=records, **kwargs))
+
     def submit(self, fn: Callable[..., Any], *args: Any, title: str, key: str | None = None,
-               kind: Literal["thread", "process"] = "thread", **kwargs: Any) -> str:
+               kind: Literal["thread", "process"] = "thread", records: bool = False, **kwargs: Any) -> str:
         """Queue ``fn(*args, progress=..., **kwargs)``; return its id.
 
         With ``key``, a job with that key that is queued, running or done is reused, so a rerun
-        of the page that submitted it does not start the work twice.
+        of the page that submitted it does not start the work twice. With ``records``, the work
+        also gets ``observer=``, a bounded :class:`RecordLog` that lives and dies with the job.
         """
         if kind not in ("thread", "process"):
             raise JobError(f"A job runs as a 'thread' or a 'process', not as {kind!r}.")
@@ -149,6 +199,8 @@ class JobRegistry:
                 raise JobError(f"The job queue is full ({len(self._queue)} jobs waiting); "
                                "wait for one to finish or cancel one, then try again.")
             job = _Job(uuid.uuid4().hex[:12], title, key, kind, (fn, args, kwargs))
+            if records:
+                job.records = RecordLog()
             self._jobs[job.id] = job
             if key is not None:
                 self._by_key[key] = job.id
@@ -165,6 +217,16 @@ class JobRegistry:
         with self._lock:
             job_id = self._by_key.get(key)
             return self._snapshot(self._jobs[job_id]) if job_id in self._jobs else None
+
+    def drop(self, job_id: str) -> None:
+        """Forget a finished job now: its result and records are freed."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            if not job.finished:
+                raise JobError("A job that is still running cannot be dropped; cancel it first.")
+            self._forget(job)
 
     def list(self) -> list[JobStatus]:
         with self._lock:
@@ -210,7 +272,8 @@ class JobRegistry:
         position = self._queue.index(job) + 1 if job.state is JobState.QUEUED else None
         return JobStatus(job.id, job.title, job.state, job.fraction, job.message, eta, elapsed,
                          position, job.error, job.result if job.state is JobState.DONE else None,
-                         job.detail, job.key)
+                         job.detail, job.key, job.records.snapshot() if job.records is not None else (),
+                         self.name)
 
     def _start_waiting(self) -> None:
         running = sum(job.state is JobState.RUNNING for job in self._jobs.values())
@@ -238,9 +301,16 @@ class JobRegistry:
     def _forget_old(self) -> None:
         finished = sorted((j for j in self._jobs.values() if j.finished), key=lambda j: j.ended)
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
-            del self._jobs[job.id]
-            if job.key is not None and self._by_key.get(job.key) == job.id:
-                del self._by_key[job.key]
+            self._forget(job)
+
+    def _forget(self, job: _Job) -> None:
+        del self._jobs[job.id]
+        if job.key is not None and self._by_key.get(job.key) == job.id:
+            del self._by_key[job.key]
+        job.result = None
+        if job.records is not None:
+            job.records.clear()
+            job.records = None
 
     def _record(self, job: _Job, fraction: float, message: str) -> bool:
         """The progress callback's body: remember how far the job got; False once cancelled."""
@@ -252,6 +322,8 @@ class JobRegistry:
 
     def _run_thread(self, job: _Job) -> None:  # runs in the job's own thread, lock not held
         fn, args, kwargs = job.call
+        if job.records is not None:
+            kwargs = {**kwargs, "observer": job.records}
         try:
             result = fn(*args, progress=lambda f, m="": self._record(job, f, m), **kwargs)
         except Cancelled:
@@ -267,7 +339,7 @@ class JobRegistry:
         """Start the spawned child, relay its messages, and make sure it is gone afterwards."""
         ctx = multiprocessing.get_context("spawn")
         messages, cancel_event = ctx.Queue(), ctx.Event()
-        proc = ctx.Process(target=_child_main, args=(job.call, messages, cancel_event),
+        proc = ctx.Process(target=_child_main, args=(job.call, messages, cancel_event, job.records is not None),
                            name=_CHILD_PREFIX + job.id, daemon=True)
         outcome: dict = {}
         try:
@@ -309,6 +381,9 @@ class JobRegistry:
                             f"(exit code {proc.exitcode}) before it reported a result.")
             if kind == "progress":
                 self._record(job, *payload)
+            elif kind == "record":
+                if job.records is not None:
+                    job.records.append(payload[0])
             elif kind == "done":
                 return dict(state=JobState.DONE, result=pickle.loads(payload[0]))
             else:
@@ -336,9 +411,21 @@ def _preparation_without_main(name: str) -> dict:
 multiprocessing.spawn.get_preparation_data = _preparation_without_main
 
 
-def _child_main(call: tuple, messages: Any, cancel_event: Any) -> None:
+class _RelayedRecords:
+    """The child's ``observer``: each record goes to the parent's RecordLog through the queue."""
+
+    def __init__(self, messages: Any) -> None:
+        self._messages = messages
+
+    def append(self, record: Any) -> None:
+        self._messages.put(("record", record))
+
+
+def _child_main(call: tuple, messages: Any, cancel_event: Any, records: bool = False) -> None:
     """Entry point of a spawned job process: run the work, send back one outcome message."""
     fn, args, kwargs = call
+    if records:
+        kwargs = {**kwargs, "observer": _RelayedRecords(messages)}
 
     def progress(fraction: float, message: str = "") -> bool:
         messages.put(("progress", float(fraction), str(message)))
@@ -373,13 +460,13 @@ def registry(pool: str = "default") -> JobRegistry:
     with _registry_lock:
         if pool not in _registries:
             if pool == "training":
-                _registries[pool] = JobRegistry(max_running=1, max_queued=4, cancel_grace_s=60.0)
+                _registries[pool] = JobRegistry(max_running=1, max_queued=4, cancel_grace_s=60.0, name=pool)
             else:
                 try:
                     max_running = int(os.environ.get("GLASSBOX_MAX_JOBS", "1"))
                 except ValueError:
                     max_running = 1
-                _registries[pool] = JobRegistry(max_running=max_running)
+                _registries[pool] = JobRegistry(max_running=max_running, name=pool)
         return _registries[pool]
 
 

@@ -65,7 +65,7 @@ def test_home_page_lists_only_existing_pages_and_the_model():
 
 
 def test_classify_picks_a_sample_and_shows_its_top5():
-    at = start("pages/classify.py")
+    at = start("app_pages/classify.py")
     assert "Egyptian cat" in chart_labels(at)[:3] or "tabby" in chart_labels(at)[:3]
     sidebar_select(at, "Sample image").set_value("coffee").run()
     assert not at.exception
@@ -75,7 +75,7 @@ def test_classify_picks_a_sample_and_shows_its_top5():
 
 
 def test_upload_replaces_the_image_and_a_bad_upload_keeps_it():
-    at = start("pages/classify.py")
+    at = start("app_pages/classify.py")
     coffee = images.sample_bytes("coffee")
     uploader(at, "…or upload").set_value(("my coffee.png", coffee, "image/png")).run()
     assert not at.exception
@@ -89,7 +89,7 @@ def test_upload_replaces_the_image_and_a_bad_upload_keeps_it():
 
 
 def test_switching_model_and_class_lookup_bound_to_url():
-    at = start("pages/classify.py", **{"class": "967"})
+    at = start("app_pages/classify.py", **{"class": "967"})
     assert at.selectbox(key=f"_class_class_{models.DEFAULT_MODEL}").value == 967
     sidebar_select(at, "Model").set_value(models.TEST_MODEL).run()
     assert not at.exception
@@ -101,7 +101,7 @@ def test_switching_model_and_class_lookup_bound_to_url():
 def test_a_model_without_weights_gets_a_sentence_and_a_way_back(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(models, "_host_reachable", lambda url, timeout=3.0: False)
-    at = start("pages/classify.py", model="vgg19")
+    at = start("app_pages/classify.py", model="vgg19")
     assert not at.exception
     assert any("not on this machine" in e.value for e in at.error)
     at.button(key="use_default_main").click().run()
@@ -124,7 +124,7 @@ def test_own_checkpoint_from_the_sidebar_and_a_refused_pickle():
     net = models.build_architecture("squeezenet1_1", 3).eval()
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)
-    at = start("pages/classify.py")
+    at = start("app_pages/classify.py")
     weights, names = uploader(at, "Weights"), uploader(at, "Class names")
     weights.set_value(("fruit.pt", buffer.getvalue(), "application/octet-stream"))
     names.set_value(("fruit.txt", b"apple\npear\nplum\n", "text/plain"))

@@ -8,7 +8,7 @@ from tests import apptest
 
 
 def open_page(**query) -> AppTest:
-    return apptest.open_page("pages/dissection.py", **query)
+    return apptest.open_page("app_pages/dissection.py", **query)
 
 
 def dissect(at: AppTest) -> AppTest:

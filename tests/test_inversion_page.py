@@ -11,7 +11,7 @@ from tests import apptest
 
 
 def open_page(**query) -> AppTest:
-    return apptest.open_page("pages/inversion.py", **query)
+    return apptest.open_page("app_pages/inversion.py", **query)
 
 
 def run(at: AppTest) -> AppTest:

@@ -24,7 +24,7 @@ def own_runs_folder(tmp_path, monkeypatch):
 
 
 def open_page(**query) -> AppTest:
-    return apptest.open_page("pages/patterns.py", **query)
+    return apptest.open_page("app_pages/patterns.py", **query)
 
 
 def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():

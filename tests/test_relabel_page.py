@@ -8,7 +8,7 @@ from tests import apptest
 
 
 def open_page(**query) -> AppTest:
-    return apptest.open_page("pages/relabel.py", **query)
+    return apptest.open_page("app_pages/relabel.py", **query)
 
 
 def finish(at: AppTest) -> None:

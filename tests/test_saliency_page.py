@@ -11,7 +11,7 @@ from tests import apptest
 
 
 def open_page(**query) -> AppTest:
-    return apptest.open_page("pages/saliency.py", **query)
+    return apptest.open_page("app_pages/saliency.py", **query)
 
 
 def chart_titles(at: AppTest) -> list[str]:

@@ -35,7 +35,7 @@ st.button("Rerun")
 def show_status() -> None:
     status = jobs.status(job_id)
     st.text(f"{status.id} {status.state.value} {status.fraction:.3f}")
-    if status.state == "done":
+    if status.done:
         st.success(f"Result: {status.result}")
     elif status.error:
         st.error(status.error)
