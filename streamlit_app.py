@@ -112,7 +112,9 @@ def url_widget(widget: Callable[..., Any], label: str, *, key: str, default: Any
         if raw is not None:
             try:
                 value = parse(raw)
-                if "options" in kwargs and value not in list(kwargs["options"]):
+                allowed = list(kwargs.get("options", ()))
+                chosen = value if isinstance(value, (list, tuple)) else [value]
+                if "options" in kwargs and any(item not in allowed for item in chosen):
                     raise ValueError(raw)
             except (ValueError, TypeError, KeyError):
                 value = default

@@ -1,202 +1,341 @@
-"""Patterns: paint class patterns onto garments (Chaplygin & Chacksfield's conditional GAN)."""
+"""Patterns: paint class patterns onto garments (Chaplygin & Chacksfield's conditional GAN).
+
+Three modes. **Generate** paints with a trained generator; its passes (the mix and every class side by
+side) and the classifier's reading are cached in :mod:`engine.cache`. **Train** runs a training job in
+its own process; everything it shows is read back from the run folder, so a reload (or a restarted
+server) finds the run again. **Quick mode** optimises one garment as a job whose key is built from
+settings that live in the URL, so a reload finds the same job.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
-from engine import images, jobs, plots
+from engine import cache, images, jobs, models, plots
 from engine.errors import GlassboxError
-from engine.patterns import generate as G
-from engine.patterns import quick as Q
-from engine.patterns import runs as R
-from engine.patterns import substrates as S
-from engine.patterns import training as T
+from engine.patterns import generate, quick, runs, substrates, training
 from engine.patterns.cli import parse_weights
-from streamlit_app import ensure_frame, job_progress, job_row, require_model, set_url_value, url_value
-
-selection = ensure_frame()
-handle = require_model(selection)
-
-st.title("Patterns")
-st.caption("Chaplygin & Chacksfield (2019): a conditional GAN learns to paint what the classifier believes a class "
-           "looks like onto a blank garment. The classifier is the critic: the whole image must show the wanted class, "
-           "random crops must show none of the others, and the garment and its white background should survive.")
+from engine.patterns.losses import PatternLossWeights
+from streamlit_app import (dump_bool, ensure_frame, parse_bool, require_model, set_url_value, show_job, start_job,
+                           url_value, url_widget)
 
 MODES = {"generate": "Generate", "train": "Train a generator", "quick": "Quick mode (no GAN)"}
-if "pat_mode" not in st.session_state:
-    st.session_state.pat_mode = url_value("mode") if url_value("mode") in MODES else "generate"
-mode = st.segmented_control("Mode", list(MODES), key="pat_mode", format_func=MODES.get, required=True)
-set_url_value("mode", None if mode == "generate" else mode)
 DEFAULT_CLASSES = ["goldfish", "zebra", "flamingo", "jaguar", "giant panda"]
+SUBSTRATE_SOURCES = {"garment": "A generated garment", "upload": "Your own garment photo"}
+DEFAULT_COLOUR = "#5a78c8"
+QUICK_SIZES = [128, 256]
+NEW_RUN = "(new run)"
+RECIPES = {  # batch, learning rate, loss weights, f(t) sampled as the paper
+    "paper": (2, 2e-4, "3, 10, 50, 150", True),
+    "shipped": (1, 5e-4, "3, 10, 50, 60", False),
+}
+RECIPE_LABELS = {"paper": "The paper's settings (sec. 3)",
+                 "shipped": "The shipped generator's (faster on a CPU; assets/patterns/README.md)"}
+TRAINING_SOURCES = {"generated": "Generated garments (8 kinds, the paper's augmentations)",
+                    "upload": "Upload your own (several images)",
+                    "folder": "A folder on this machine"}
 
 
-def pick_substrate(size: int, key: str) -> S.Substrate | None:
-    """A generated garment or an uploaded photo; None with a sentence when the upload is unusable."""
-    source = st.radio("Substrate", ["garment", "upload"], horizontal=True, key=f"{key}_source",
-                      format_func={"garment": "A generated garment", "upload": "Your own garment photo"}.get)
+# --- Settings ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GeneratorChoice:
+    """A loaded generator and its identity (path and modification time, or the upload's digest)."""
+
+    loaded: generate.LoadedGenerator
+    identity: str
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    substrate: substrates.Substrate | None  # None: nothing usable yet (a sentence says why)
+    weights: tuple[tuple[str, float], ...]  # class name -> mixing weight, in the order picked
+    seed: int
+    grey: bool  # the classifier reads the pattern in grey
+
+
+@dataclass(frozen=True)
+class QuickSettings:
+    size: int
+    substrate: substrates.Substrate | None
+    weights: tuple[tuple[str, float], ...]
+    steps: int
+    grey: bool
+
+
+@dataclass(frozen=True)
+class NewRunSettings:
+    """What the new-run form chose; ``problems`` are the sentences that keep it from starting."""
+
+    run_name: str
+    classes: tuple[str, ...]
+    size: int
+    steps: int
+    batch: int
+    lr: float
+    weights: PatternLossWeights | None
+    grey: bool
+    class_noise: bool
+    gradcam: bool
+    source: str
+    uploads: tuple[Any, ...]
+    folder: str
+    problems: tuple[str, ...]
+
+
+# --- Shared controls --------------------------------------------------------------------------------------
+
+def bound_widget(widget: Callable[..., Any], label: str, *, key: str, param: str | None, default: Any,
+                 parse: Callable[[str], Any] = str, dump: Callable[[Any], str] = str, **kwargs: Any) -> Any:
+    """``widget`` kept in the URL as ``param`` (see :func:`streamlit_app.url_widget`), or, with
+    ``param=None``, a plain widget starting at ``default``."""
+    if param is not None:
+        return url_widget(widget, label, key=key, param=param, default=default, parse=parse, dump=dump, **kwargs)
+    st.session_state.setdefault(key, default)
+    return widget(label, key=key, **kwargs)
+
+
+def parse_colour(text: str) -> str:
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", text):
+        raise ValueError(text)
+    return text
+
+
+def substrate_controls(size: int, key: str, *, in_url: bool = False) -> substrates.Substrate | None:
+    """A generated garment or an uploaded photo; None with a sentence when the upload is unusable.
+    With ``in_url`` the choice lives in the URL (``substrate``, ``garment``, ``colour``)."""
+    source = bound_widget(st.radio, "Substrate", key=f"{key}_source", param="substrate" if in_url else None,
+                          default="garment", options=list(SUBSTRATE_SOURCES), horizontal=True,
+                          format_func=SUBSTRATE_SOURCES.get)
     if source == "garment":
         c1, c2 = st.columns([2, 1])
-        garment = c1.selectbox("Garment", S.GARMENTS, key=f"{key}_garment")
-        colour = c2.color_picker("Colour", "#5a78c8", key=f"{key}_colour")
+        with c1:
+            garment = bound_widget(st.selectbox, "Garment", key=f"{key}_garment", param="garment" if in_url else None,
+                                   default=substrates.GARMENTS[0], options=substrates.GARMENTS)
+        with c2:
+            colour = bound_widget(st.color_picker, "Colour", key=f"{key}_colour", param="colour" if in_url else None,
+                                  default=DEFAULT_COLOUR, parse=parse_colour)
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
-        return S.draw_substrate(garment, size, rgb)
+        return substrates.draw_substrate(garment, size, rgb)
     upload = st.file_uploader("A garment on a white background", type=["png", "jpg", "jpeg", "webp"],
                               key=f"{key}_upload")
     if upload is None:
         st.info("Upload a photo of a garment on white; its near-white pixels count as background.")
         return None
     try:
-        return S.substrate_from_picture(np.asarray(images.decode_image(upload.getvalue())), size)
+        return substrates.substrate_from_picture(np.asarray(images.decode_image(upload.getvalue())), size)
     except GlassboxError as error:
         st.error(f"{upload.name}: {error}")
         return None
 
 
-def class_mix(names: list[str], default: list[str], key: str) -> dict[str, float]:
-    chosen = st.multiselect("Classes (up to three, mixed)", names, default=[d for d in default if d in names],
-                            max_selections=3, key=f"{key}_classes")
-    weights = {}
+def class_mix_controls(names: list[str], default: list[str], key: str, *,
+                       handle: models.ModelHandle | None = None) -> tuple[tuple[str, float], ...]:
+    """Up to three classes and their mixing weights. With ``handle`` (whose class names ``names`` are)
+    they live in the URL: ``classes`` as class ids, ``weights`` in the same order."""
+    default = [d for d in default if d in names]
+    chosen_key = f"{key}_classes"
+    if chosen_key in st.session_state and not set(st.session_state[chosen_key]) <= set(names):
+        st.session_state[chosen_key] = default  # another generator or model: start from its defaults
+    fresh = chosen_key not in st.session_state
+    in_url = handle is not None
+    chosen = bound_widget(st.multiselect, "Classes (up to three, mixed)", key=chosen_key,
+                          param="classes" if in_url else None, default=default,
+                          parse=lambda text: class_names_from_ids(handle, text),
+                          dump=lambda chosen: ",".join(str(handle.class_index(name)) for name in chosen),
+                          options=names, max_selections=3)
+    url_weights = weights_from_url(len(chosen)) if in_url and fresh else []
+    weights = []
     columns = st.columns(max(len(chosen), 1))
-    for column, name in zip(columns, chosen):
-        weights[name] = column.slider(f"weight of {name}", 0.0, 1.0, 1.0, 0.05, key=f"{key}_w_{name}")
+    for index, (column, name) in enumerate(zip(columns, chosen)):
+        slider_key = f"{key}_w_{name}"
+        if slider_key not in st.session_state:
+            st.session_state[slider_key] = url_weights[index] if index < len(url_weights) else 1.0
+        weights.append((name, column.slider(f"weight of {name}", min_value=0.0, max_value=1.0, step=0.05,
+                                            key=slider_key)))
+    if in_url:
+        set_url_value("weights", None if all(w == 1.0 for _, w in weights) else ",".join(f"{w:g}" for _, w in weights))
+    return tuple(weights)
+
+
+def class_names_from_ids(handle: models.ModelHandle, text: str) -> list[str]:
+    """A link's ``classes`` (ids, comma-separated, at most three) as class names; ValueError otherwise."""
+    try:
+        chosen = [handle.class_names[handle.class_index(token)] for token in text.split(",")]
+    except GlassboxError as error:
+        raise ValueError(text) from error
+    if len(chosen) > 3:
+        raise ValueError(text)
+    return chosen
+
+
+def weights_from_url(count: int) -> list[float]:
+    """A link's mixing ``weights`` (one per class, each 0 to 1), or none with a sentence."""
+    raw = url_value("weights")
+    if raw is None:
+        return []
+    try:
+        weights = [float(token) for token in raw.split(",")]
+        if len(weights) != count or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(raw)
+    except ValueError:
+        st.warning(f"The link's weights={raw!r} is not a valid setting here; using 1 instead.")
+        return []
     return weights
 
 
-def show_top5(picture: np.ndarray, *, highlight: int | None, title: str, key: str, grey: bool = False) -> None:
-    x = images.to_tensor(images.fit_square(picture, handle.input_size), device=handle.device)
-    prediction = handle.classify(T.grey(x) if grey else x)
+def render_top5(handle: models.ModelHandle, picture: np.ndarray, *, highlight: int | None, title: str, key: str,
+                grey: bool = False) -> None:
+    prediction = cache.pattern_prediction(handle.name, images.image_digest(picture.tobytes()), picture, grey)
     st.plotly_chart(plots.topk_bar(prediction, highlight=highlight, title=title), width="stretch", key=key)
-
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def cached_generator(path: str, stamp: float) -> G.LoadedGenerator:
-    return G.load_generator_file(Path(path))
-
-
-def load_file(path: Path) -> G.LoadedGenerator:
-    return cached_generator(str(path), path.stat().st_mtime)
 
 
 # --- Generate ---------------------------------------------------------------------------------------------
 
-def generate_view() -> None:
-    runs_with_checkpoints = [p for p in R.list_runs() if (p / "checkpoint.pt").is_file()]
+def file_generator(path: Path) -> GeneratorChoice:
+    stamp = path.stat().st_mtime_ns
+    return GeneratorChoice(cache.pattern_generator_file(str(path), stamp), f"{path}@{stamp}")
+
+
+def generator_controls() -> GeneratorChoice | None:
+    """The shipped generator, a run trained here or an upload; None with a sentence when none loads."""
+    runs_with_checkpoints = [p for p in runs.list_runs() if (p / "checkpoint.pt").is_file()]
     sources = ["shipped"] + [f"run:{p.name}" for p in runs_with_checkpoints] + ["upload"]
     labels = {"shipped": "Shipped generator (5 classes)", "upload": "Upload a checkpoint",
               **{f"run:{p.name}": f"Run '{p.name}' trained here" for p in runs_with_checkpoints}}
     source = st.selectbox("Generator", sources, format_func=labels.get, key="gen_generator")
     try:
         if source == "shipped":
-            if not G.SHIPPED.is_file():
-                st.error(f"The shipped generator is missing ({G.SHIPPED}); reinstall, or train one in *Train*.")
-                return
-            loaded = load_file(G.SHIPPED)
-        elif source == "upload":
+            if not generate.SHIPPED.is_file():
+                st.error(f"The shipped generator is missing ({generate.SHIPPED}); reinstall, or train one in *Train*.")
+                return None
+            return file_generator(generate.SHIPPED)
+        if source == "upload":
             upload = st.file_uploader("checkpoint.pt of a run, or a generator exported with `python -m engine patterns "
                                       "export`", type=["pt"], key="gen_checkpoint")
             if upload is None:
                 st.info("Upload a checkpoint to generate.")
-                return
-            loaded = uploaded_generator(upload.getvalue(), upload.name)
-        else:
-            loaded = load_file(R.runs_root() / source.removeprefix("run:") / "checkpoint.pt")
+                return None
+            data = upload.getvalue()
+            digest = images.image_digest(data)
+            return GeneratorChoice(cache.pattern_generator_upload(digest, upload.name, data), f"upload:{digest}")
+        return file_generator(runs.runs_root() / source.removeprefix("run:") / "checkpoint.pt")
     except GlassboxError as error:
         st.error(str(error))
+        return None
+
+
+def generate_controls(loaded: generate.LoadedGenerator) -> GenerateSettings:
+    substrate = substrate_controls(loaded.size, "gen")
+    weights = class_mix_controls(list(loaded.class_names), [loaded.class_names[0]], "gen")
+    seed = st.number_input("Noise seed (f(t) is sampled)", 0, 10_000, 0, key="gen_seed") if loaded.class_noise else 0
+    grey = loaded.grayscale and st.radio(
+        "The classifier sees", [True, False], horizontal=True, key="gen_grey",
+        format_func={True: "grey, as in training", False: "colour"}.get,
+        help="This generator was trained with a grey classifier input (sec. 4): its patterns are meant to be "
+             "read in grey. In colour the garment's own colour also counts.")
+    return GenerateSettings(substrate, weights, int(seed), bool(grey))
+
+
+def render_generated(handle: models.ModelHandle, loaded: generate.LoadedGenerator, settings: GenerateSettings,
+                     made: generate.GeneratedPatterns) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.image(settings.substrate.image, caption="substrate", width="stretch")
+    c2.image(made.pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in settings.weights), width="stretch")
+    c3.image(made.change, caption="what G changed (× 3, grey = nothing)", width="stretch")
+    strongest = max(settings.weights, key=lambda pair: pair[1])[0]
+    target = loaded.class_ids[loaded.class_names.index(strongest)]
+    render_top5(handle, made.pattern, highlight=target, key="gen_top5", grey=settings.grey,
+                title="The classifier on the pattern" + (" (in grey)" if settings.grey else ""))
+    st.download_button("Pattern PNG", images.to_png_bytes(made.pattern), "pattern.png", "image/png")
+
+
+def render_every_class(loaded: generate.LoadedGenerator, made: generate.GeneratedPatterns) -> None:
+    st.markdown("**Every class of this generator on this garment**")
+    for column, name, picture in zip(st.columns(len(made.per_class)), loaded.class_names, made.per_class):
+        column.image(picture, caption=name, width="stretch")
+
+
+def generate_view(handle: models.ModelHandle) -> None:
+    choice = generator_controls()
+    if choice is None:
         return
+    loaded = choice.loaded
     st.caption(f"A {loaded.size} px generator for {', '.join(loaded.class_names)}, trained {loaded.steps} steps "
                f"against {loaded.model or 'a classifier'}.")
-    notice = G.check_classifier(loaded, handle)
+    notice = generate.check_classifier(loaded, handle)
     if notice:
         st.info(notice)
     left, right = st.columns([1, 2])
     with left:
-        substrate = pick_substrate(loaded.size, "gen")
-        weights = class_mix(list(loaded.class_names), [loaded.class_names[0]], "gen")
-        seed = st.number_input("Noise seed (f(t) is sampled)", 0, 10_000, 0, key="gen_seed") if loaded.class_noise else 0
-        grey = loaded.grayscale and st.radio(
-            "The classifier sees", [True, False], horizontal=True, key="gen_grey",
-            format_func={True: "grey, as in training", False: "colour"}.get,
-            help="This generator was trained with a grey classifier input (sec. 4): its patterns are meant to be "
-                 "read in grey. In colour the garment's own colour also counts.")
-    if substrate is None:
+        settings = generate_controls(loaded)
+    if settings.substrate is None:
         return
-    if not weights or not any(weights.values()):
+    if not settings.weights or not any(w for _, w in settings.weights):
         right.info("Pick at least one class with a weight above 0.")
         return
+    mix = tuple((loaded.class_names.index(name), float(weight)) for name, weight in settings.weights)
+    picture = settings.substrate.image
     try:
-        pattern = G.generate(loaded, substrate.image, {loaded.class_names.index(n): w for n, w in weights.items()},
-                             seed=int(seed))
-        strip = [G.generate(loaded, substrate.image, {i: 1.0}, seed=int(seed)) for i in range(len(loaded.class_names))]
+        made = cache.generated_patterns(choice.identity, loaded, images.image_digest(picture.tobytes()), picture,
+                                        loaded.size, mix, settings.seed)
     except GlassboxError as error:
         right.error(str(error))
         return
     with right:
-        c1, c2, c3 = st.columns(3)
-        c1.image(substrate.image, caption="substrate", width="stretch")
-        c2.image(pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in weights.items()), width="stretch")
-        change = np.clip(128 + 3 * (pattern.astype(np.int16) - substrate.image.astype(np.int16)), 0, 255)
-        c3.image(change.astype(np.uint8), caption="what G changed (× 3, grey = nothing)", width="stretch")
-        target = loaded.class_ids[loaded.class_names.index(max(weights, key=weights.get))]
-        show_top5(pattern, highlight=target, key="gen_top5", grey=grey,
-                  title="The classifier on the pattern" + (" (in grey)" if grey else ""))
-        st.download_button("Pattern PNG", images.to_png_bytes(pattern), "pattern.png", "image/png")
-    st.markdown("**Every class of this generator on this garment**")
-    for column, name, picture in zip(st.columns(len(strip)), loaded.class_names, strip):
-        column.image(picture, caption=name, width="stretch")
-
-
-@st.cache_resource(max_entries=4, show_spinner=False)
-def uploaded_generator(data: bytes, name: str) -> G.LoadedGenerator:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / (Path(name).name or "checkpoint.pt")
-        path.write_bytes(data)
-        return G.load_generator_file(path)
+        render_generated(handle, loaded, settings, made)
+    render_every_class(loaded, made)
 
 
 # --- Train ------------------------------------------------------------------------------------------------
 
 def run_job(folder: Path) -> jobs.JobStatus | None:
-    """The latest training job of this run folder, if this server still remembers one."""
+    """The latest training job of this run folder, if this server still remembers one: how a reload
+    (which knows the run from the URL) finds a running training again."""
     prefix = f"pattern-train|{folder}|"
     mine = [s for s in jobs.registry("training").list() if (s.key or "").startswith(prefix)]
     return mine[-1] if mine else None
 
 
-def start_training(folder: Path, config: T.TrainConfig | None, steps: int, *, resume: bool) -> None:
-    start = 0 if not resume else (R.view_run(folder).checkpoint_steps or 0)
-    jobs.registry("training").submit(
-        R.train_run, str(folder), config, int(steps), resume=resume, sample_every=25, checkpoint_every=100,
-        title=f"Training '{folder.name}'", key=f"pattern-train|{folder}|{start}->{steps}|{time.time():.0f}",
-        kind="process")
+def start_training(folder: Path, config: training.TrainConfig | None, steps: int, *,
+                   resume: bool) -> jobs.JobStatus | None:
+    """A training job in its own process (the training pool); None with a sentence when it is refused."""
+    start = 0 if not resume else (runs.view_run(folder).checkpoint_steps or 0)
+    return start_job(f"pattern-train|{folder}|{start}->{steps}|{time.time():.0f}", runs.train_run, str(folder), config,
+                     int(steps), resume=resume, sample_every=25, checkpoint_every=100,
+                     title=f"Training '{folder.name}'", pool="training", kind="process")
 
 
-def train_view() -> None:
-    runs = R.list_runs()
-    names = ["(new run)"] + [p.name for p in runs]
+def run_control() -> str:
+    """The run to show: a run folder's name, or :data:`NEW_RUN`; kept in the URL as ``run``."""
+    names = [NEW_RUN] + [p.name for p in runs.list_runs()]
     wanted = url_value("run")
     if st.session_state.get("_train_select") in names:
         st.session_state.train_run = st.session_state.pop("_train_select")
     if "train_run" not in st.session_state or st.session_state.train_run not in names:
-        st.session_state.train_run = wanted if wanted in names else ("(new run)" if not runs else runs[0].name)
-    chosen = st.selectbox("Run", names, key="train_run", help=f"Runs are kept in {R.runs_root()}.")
-    set_url_value("run", None if chosen == "(new run)" else chosen)
-    if chosen == "(new run)":
-        new_run_form()
+        st.session_state.train_run = wanted if wanted in names else (NEW_RUN if len(names) == 1 else names[1])
+    chosen = st.selectbox("Run", names, key="train_run", help=f"Runs are kept in {runs.runs_root()}.")
+    set_url_value("run", None if chosen == NEW_RUN else chosen)
+    return chosen
+
+
+def train_view(handle: models.ModelHandle) -> None:
+    chosen = run_control()
+    if chosen == NEW_RUN:
+        settings = new_run_controls(handle)
+        if st.button("Start training", type="primary", disabled=bool(settings.problems)):
+            start_new_run(handle, settings)
     else:
-        run_panel(R.runs_root() / chosen)
-
-
-RECIPES = {  # batch, learning rate, loss weights, f(t) sampled as the paper
-    "paper": (2, 2e-4, "3, 10, 50, 150", True),
-    "shipped": (1, 5e-4, "3, 10, 50, 60", False),
-}
+        render_run(runs.runs_root() / chosen)
 
 
 def apply_recipe() -> None:
@@ -204,13 +343,12 @@ def apply_recipe() -> None:
     st.session_state.update(train_batch=batch, train_lr=lr, train_weights=weights, train_noise=noise)
 
 
-def new_run_form() -> None:
+def new_run_controls(handle: models.ModelHandle) -> NewRunSettings:
     if "train_recipe" not in st.session_state:  # on a CPU, the recipe that shows patterns in a few thousand steps
         st.session_state.train_recipe = "shipped" if handle.device.type == "cpu" else "paper"
         apply_recipe()
     st.radio("Start from", list(RECIPES), horizontal=True, key="train_recipe", on_change=apply_recipe,
-             format_func={"paper": "The paper's settings (sec. 3)",
-                          "shipped": "The shipped generator's (faster on a CPU; assets/patterns/README.md)"}.get)
+             format_func=RECIPE_LABELS.get)
     c1, c2, c3 = st.columns([2, 1, 1])
     name = c1.text_input("Name", "five-classes", key="train_name")
     size = c2.select_slider("Size (px)", [64, 128, 256, 512], value=128, key="train_size",
@@ -219,7 +357,7 @@ def new_run_form() -> None:
     classes = st.multiselect("Classes (1 to 24)", list(handle.class_names),
                              default=[c for c in DEFAULT_CLASSES if c in handle.class_names] or [handle.class_names[0]],
                              key="train_classes", max_selections=24)
-    paper_net = T.default_classifier() == "vgg16" and handle.name != "vgg16"
+    paper_net = training.default_classifier() == "vgg16" and handle.name != "vgg16"
     st.caption(f"The critic is the sidebar's model, {handle.name}."
                + (" VGG16, the paper's classifier, is on this machine: pick it in the sidebar to train as the paper did."
                   if paper_net else ""))
@@ -236,23 +374,34 @@ def new_run_form() -> None:
     gradcam = c4.toggle("Grad-CAM masking", False, key="train_gradcam",
                         help="The extension at the end of sec. 4: the substrate loss is relaxed where Grad-CAM sees "
                              "the class, so the pattern separates from the garment.")
-    source = st.radio("Substrates", ["generated", "upload", "folder"], horizontal=True, key="train_substrates",
-                      format_func={"generated": "Generated garments (8 kinds, the paper's augmentations)",
-                                   "upload": "Upload your own (several images)",
-                                   "folder": "A folder on this machine"}.get)
+    source = st.radio("Substrates", list(TRAINING_SOURCES), horizontal=True, key="train_substrates",
+                      format_func=TRAINING_SOURCES.get)
     uploads, folder_text = [], ""
     if source == "upload":
-        uploads = st.file_uploader(f"Garment photos on white (at least {S.MIN_SUBSTRATES})", accept_multiple_files=True,
-                                   key="train_uploads") or []
+        uploads = st.file_uploader(f"Garment photos on white (at least {substrates.MIN_SUBSTRATES})",
+                                   accept_multiple_files=True, key="train_uploads") or []
     elif source == "folder":
         folder_text = st.text_input("Folder of garment images", key="train_folder")
+    run_name, weights, problems = new_run_problems(name, classes, weights_text, source, uploads, folder_text, int(size))
+    for problem in problems:
+        st.warning(problem)
+    st.caption(f"On this machine one step at {size} px takes about {0.3 * (size / 128) ** 2:.1f} s on the CPU "
+               f"({int(steps) * 0.3 * (size / 128) ** 2 / 60:.0f} min for {int(steps)} steps); the CLI does the same: "
+               f"`python -m engine patterns train --classes … --steps {int(steps)} --size {size} --out DIR`.")
+    return NewRunSettings(run_name, tuple(classes), int(size), int(steps), int(batch), float(lr), weights, bool(grey),
+                          bool(noise), bool(gradcam), source, tuple(uploads), folder_text, tuple(problems))
+
+
+def new_run_problems(name: str, classes: list[str], weights_text: str, source: str, uploads: list, folder_text: str,
+                     size: int) -> tuple[str, PatternLossWeights | None, list[str]]:
+    """The run's folder name, its loss weights, and every sentence that keeps the form from starting."""
     problems = []
     try:
-        run_name = R.safe_run_name(name)
+        run_name = runs.safe_run_name(name)
     except GlassboxError as error:
         problems.append(str(error))
         run_name = ""
-    if run_name and (R.runs_root() / run_name).exists():
+    if run_name and (runs.runs_root() / run_name).exists():
         problems.append(f"A run called '{run_name}' exists already; pick it above to resume it, or choose another name.")
     if not classes:
         problems.append("Pick at least one class.")
@@ -261,61 +410,64 @@ def new_run_form() -> None:
     except GlassboxError as error:
         problems.append(str(error))
         weights = None
-    if source == "upload" and len(uploads) < S.MIN_SUBSTRATES:
-        problems.append(f"Training needs at least {S.MIN_SUBSTRATES} substrate images; {len(uploads)} uploaded so far.")
+    if source == "upload" and len(uploads) < substrates.MIN_SUBSTRATES:
+        problems.append(f"Training needs at least {substrates.MIN_SUBSTRATES} substrate images; {len(uploads)} "
+                        "uploaded so far.")
     if source == "folder":
         try:
-            S.load_substrate_folder(Path(folder_text).expanduser(), int(size)) if folder_text else None
+            substrates.load_substrate_folder(Path(folder_text).expanduser(), size) if folder_text else None
         except GlassboxError as error:
             problems.append(str(error))
         if not folder_text:
             problems.append("Give the folder's path.")
-    for problem in problems:
-        st.warning(problem)
-    st.caption(f"On this machine one step at {size} px takes about {0.3 * (size / 128) ** 2:.1f} s on the CPU "
-               f"({int(steps) * 0.3 * (size / 128) ** 2 / 60:.0f} min for {int(steps)} steps); the CLI does the same: "
-               f"`python -m engine patterns train --classes … --steps {int(steps)} --size {size} --out DIR`.")
-    if st.button("Start training", type="primary", disabled=bool(problems)):
-        folder = R.runs_root() / run_name
-        try:
-            substrate_dir = None
-            if source == "upload":
-                R.save_uploads(folder / "substrates", [(u.name, u.getvalue()) for u in uploads])
-                substrate_dir = str(folder / "substrates")
-            elif source == "folder":
-                substrate_dir = str(Path(folder_text).expanduser().resolve())
-            config = T.TrainConfig(classes=tuple(handle.class_index(c) for c in classes), model=handle.name,
-                                   size=int(size), batch=int(batch), lr=float(lr), weights=weights,
-                                   grayscale=bool(grey), gradcam_mask=bool(gradcam), substrates=substrate_dir,
-                                   class_noise=bool(noise))
-            config.validate(handle)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.json").write_text(json.dumps({**config.as_dict(), "class_names": list(classes)}, indent=2))
-            start_training(folder, config, int(steps), resume=False)
-        except GlassboxError as error:
-            st.error(str(error))
-            return
-        st.session_state._train_select = run_name  # the select box exists already: switch to the run on the rerun
-        st.rerun()
+    return run_name, weights, problems
 
 
-def run_panel(folder: Path) -> None:
+def start_new_run(handle: models.ModelHandle, settings: NewRunSettings) -> None:
+    """Write the run folder's config, start its training job and switch the page to the run."""
+    folder = runs.runs_root() / settings.run_name
+    try:
+        substrate_dir = None
+        if settings.source == "upload":
+            runs.save_uploads(folder / "substrates", [(u.name, u.getvalue()) for u in settings.uploads])
+            substrate_dir = str(folder / "substrates")
+        elif settings.source == "folder":
+            substrate_dir = str(Path(settings.folder).expanduser().resolve())
+        config = training.TrainConfig(classes=tuple(handle.class_index(c) for c in settings.classes),
+                                      model=handle.name, size=settings.size, batch=settings.batch, lr=settings.lr,
+                                      weights=settings.weights, grayscale=settings.grey, gradcam_mask=settings.gradcam,
+                                      substrates=substrate_dir, class_noise=settings.class_noise)
+        config.validate(handle)
+        runs.write_run_config(folder, config, list(settings.classes))
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    if start_training(folder, config, settings.steps, resume=False) is None:
+        return
+    st.session_state._train_select = settings.run_name  # the select box exists already: switch to the run on the rerun
+    st.rerun()
+
+
+def render_run(folder: Path) -> None:
+    """A run folder: live while its job runs, else its results, what went wrong, Resume and downloads."""
     status = run_job(folder)
     if status is not None and not status.finished:
-        live_run(str(folder), status.id)
-        return
-    view = R.view_run(folder)
+        status = show_job(status.key, pool="training", live=lambda _status: render_live_run(folder), idle=None,
+                          cancel_label="Stop")
+        if status is None:  # still running: the shared fragment shows it, and reruns the page when it ends
+            return
+    view = runs.view_run(folder)
     st.caption(run_summary(view))
-    if status is not None and status.state == "failed":
+    if status is not None and status.state is jobs.JobState.FAILED:
         where = f"step {view.checkpoint_steps}" if view.checkpoint_steps else "no checkpoint yet"
         st.error(f"The training stopped with an error: {status.error} The last checkpoint is at {where}; "
                  "resume below to continue from it.")
-    elif status is not None and status.state == "cancelled":
+    elif status is not None and status.state is jobs.JobState.CANCELLED:
         st.warning("The training was stopped before it saved; resume below from the last checkpoint.")
     elif status is None and view.checkpoint_steps is not None and view.logged_steps > view.checkpoint_steps:
         st.warning(f"This run logged step {view.logged_steps} but its checkpoint is at step {view.checkpoint_steps}: "
                    "it was interrupted (a crash or a server restart). Resume continues from the checkpoint.")
-    run_results(view)
+    render_run_results(view)
     if view.checkpoint_steps is None:
         st.info("This run has no checkpoint yet, so it cannot be resumed; start a new run.")
         return
@@ -323,16 +475,22 @@ def run_panel(folder: Path) -> None:
     target = c1.number_input("Train until step", view.checkpoint_steps + 1, 1_000_000, view.checkpoint_steps + 1000,
                              100, key=f"resume_to_{folder.name}")
     if c2.button("Resume", type="primary", key=f"resume_{folder.name}"):
-        try:
-            start_training(folder, None, int(target), resume=True)
-        except GlassboxError as error:
-            st.error(str(error))
+        if start_training(folder, None, int(target), resume=True) is None:
             return
         st.rerun()
-    downloads(folder, view)
+    render_downloads(folder, view)
 
 
-def run_summary(view: R.RunView) -> str:
+def render_live_run(folder: Path) -> None:
+    """Drawn by the shared polling fragment under the job's progress row, from the run's own files."""
+    st.caption("Stop saves a checkpoint at the current step, so the run can be resumed. Reloading the page or "
+               "leaving it does not stop the training.")
+    view = runs.view_run(folder)
+    st.caption(run_summary(view))
+    render_run_results(view)
+
+
+def run_summary(view: runs.RunView) -> str:
     config = view.config or {}
     names = ", ".join(config.get("class_names", [])) or "?"
     saved = f"checkpoint at step {view.checkpoint_steps}" if view.checkpoint_steps is not None else "no checkpoint yet"
@@ -345,7 +503,11 @@ def run_summary(view: R.RunView) -> str:
             f"{saved}")
 
 
-def run_results(view: R.RunView) -> None:
+def smoothed(values: np.ndarray, window: int) -> np.ndarray:
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def render_run_results(view: runs.RunView) -> None:
     """The latest sample grid, the loss curves and p(target), from the run's own files."""
     config = view.config or {}
     if view.sample is not None:
@@ -355,43 +517,29 @@ def run_results(view: R.RunView) -> None:
                  caption=f"Samples at step {step}: each row a fixed substrate, then each class "
                          f"({' · '.join(names)})")
     log = view.log
-    if log and len(log.get("step", ())) > 1:
-        weights = config.get("weights", {})
-        window = max(1, len(log["step"]) // 100)
-        smooth = lambda v: np.convolve(v, np.ones(window) / window, mode="valid")  # noqa: E731
-        terms = {"cGAN (G)": weights.get("cgan", 0) * log["adversarial"], "mask": weights.get("mask", 0) * log["mask"],
-                 "classifier": weights.get("vgg", 0) * log["vgg"],
-                 "substrate": weights.get("substrate", 0) * log["substrate"]}
-        figure = plots.inversion_loss_figure({k: smooth(v) for k, v in terms.items()}, smooth(log["total"]),
-                                             target_prob=smooth(log["target_prob"]), target_label="target, batch",
-                                             steps=log["step"][window - 1:])
-        samples = view.sample_probs
-        if samples and len(samples.get("step", ())):
-            import plotly.graph_objects as go
-
-            per_class = np.stack([v for k, v in samples.items() if k != "step"], 1)
-            figure.add_trace(go.Scatter(x=samples["step"], y=per_class.mean(1), mode="lines+markers",
-                                        name="p(target), sample grid (colour)", line=dict(color="#d6336c")),
-                             secondary_y=True)
-        st.markdown(f"**Weighted losses and p(target) per step** (training batch: moving mean over {window}; "
-                    "sample grid: the mean over its classes)")
-        st.plotly_chart(figure, width="stretch", key=f"curves_{view.folder.name}")
-
-
-@st.fragment(run_every=2.0)
-def live_run(folder: str, job_id: str) -> None:
-    status = jobs.registry("training").status(job_id)
-    job_row(status, pool="training", cancel_label="Stop")
-    st.caption("Stop saves a checkpoint at the current step, so the run can be resumed. Reloading the page or "
-               "leaving it does not stop the training.")
-    view = R.view_run(Path(folder))
-    st.caption(run_summary(view))
-    run_results(view)
-    if status.finished:
-        st.rerun()
+    if not log or len(log.get("step", ())) <= 1:
+        return
+    weights = config.get("weights", {})  # view_run gives older runs' weights today's names
+    window = max(1, len(log["step"]) // 100)
+    terms = {"cGAN (G)": weights.get("cgan", 0) * log["adversarial"], "mask": weights.get("mask", 0) * log["mask"],
+             "classifier": weights.get("classifier", 0) * log["classifier"],
+             "substrate": weights.get("substrate", 0) * log["substrate"]}
+    figure = plots.inversion_loss_figure({k: smoothed(v, window) for k, v in terms.items()},
+                                         smoothed(log["total"], window),
+                                         target_prob=smoothed(log["target_prob"], window),
+                                         target_label="target, batch", steps=log["step"][window - 1:])
+    samples = view.sample_probs
+    if samples and len(samples.get("step", ())):
+        per_class = np.stack([v for k, v in samples.items() if k != "step"], 1)
+        figure.add_trace(go.Scatter(x=samples["step"], y=per_class.mean(1), mode="lines+markers",
+                                    name="p(target), sample grid (colour)", line=dict(color="#d6336c")),
+                         secondary_y=True)
+    st.markdown(f"**Weighted losses and p(target) per step** (training batch: moving mean over {window}; "
+                "sample grid: the mean over its classes)")
+    st.plotly_chart(figure, width="stretch", key=f"curves_{view.folder.name}")
 
 
-def downloads(folder: Path, view: R.RunView) -> None:
+def render_downloads(folder: Path, view: runs.RunView) -> None:
     c1, c2, c3 = st.columns(3)
     checkpoint = folder / "checkpoint.pt"
     c1.download_button("checkpoint.pt (resume elsewhere)", checkpoint.read_bytes(), f"{folder.name}-checkpoint.pt",
@@ -406,50 +554,76 @@ def downloads(folder: Path, view: R.RunView) -> None:
 
 # --- Quick mode -------------------------------------------------------------------------------------------
 
-def quick_view() -> None:
+def quick_controls(handle: models.ModelHandle) -> QuickSettings:
+    """Quick mode's settings, every one kept in the URL (they make the job's key)."""
+    size = url_widget(st.select_slider, "Size (px)", key="pat_size", param="size", default=QUICK_SIZES[0], parse=int,
+                      options=QUICK_SIZES)
+    substrate = substrate_controls(size, "quick", in_url=True)
+    names = list(handle.class_names)
+    weights = class_mix_controls(names, ["zebra"] if "zebra" in names else [names[0]], "quick", handle=handle)
+    steps = url_widget(st.slider, "Steps", key="pat_steps", param="steps", default=80, parse=int, min_value=10,
+                       max_value=200, step=10)
+    grey = url_widget(st.toggle, "Show the classifier grey images (the paper found it better)", key="pat_grey",
+                      param="grey", default=False, parse=parse_bool, dump=dump_bool)
+    return QuickSettings(int(size), substrate, weights, int(steps), bool(grey))
+
+
+def quick_job_key(handle: models.ModelHandle, settings: QuickSettings) -> str:
+    return "|".join(["patterns-quick", handle.name, str(settings.size), str(settings.steps), str(settings.grey),
+                     json.dumps(dict(settings.weights), sort_keys=True),
+                     images.image_digest(settings.substrate.image.tobytes())])
+
+
+def render_quick_result(handle: models.ModelHandle, settings: QuickSettings, result: quick.QuickResult) -> None:
+    c1, c2 = st.columns(2)
+    c1.image(settings.substrate.image, caption="substrate", width="stretch")
+    c2.image(result.image, caption=f"after {len(result.total)} steps · p = {result.target_prob[-1]:.3f}",
+             width="stretch")
+    render_top5(handle, result.image, highlight=None, title="The classifier on the result", key="quick_bar")
+    st.download_button("Pattern PNG", images.to_png_bytes(result.image), "pattern.png", "image/png")
+
+
+def quick_view(handle: models.ModelHandle) -> None:
     left, right = st.columns([1, 2])
     with left:
-        size = st.select_slider("Size (px)", [128, 256], value=128, key="pat_size")
-        substrate = pick_substrate(size, "quick")
-        weights = class_mix(list(handle.class_names), ["zebra"] if "zebra" in handle.class_names
-                            else [handle.class_names[0]], "quick")
-        steps = st.slider("Steps", 10, 200, 80, 10, key="pat_steps")
-        grey = st.toggle("Show the classifier grey images (the paper found it better)", key="pat_grey")
-    if substrate is None:
+        settings = quick_controls(handle)
+    if settings.substrate is None:
         return
-    if not weights:
+    if not settings.weights:
         right.info("Pick at least one class.")
         return
-    key = "|".join(["patterns-quick", handle.name, str(size), str(steps), str(grey), json.dumps(weights, sort_keys=True),
-                    images.image_digest(substrate.image.tobytes())])
+    key = quick_job_key(handle, settings)
     with right:
         st.caption("Optimises this one garment's pixels with the GAN's own losses (classifier on the whole image and "
                    "on crops, substrate, mask), with no generator: quick, but it only ever makes one picture.")
         if st.button("Paint", type="primary"):
-            try:
-                status = jobs.registry().find(key)
-                if status is None or status.state in ("failed", "cancelled"):
-                    jobs.registry().submit(Q.quick_pattern, handle, substrate.image, substrate.background,
-                                           list(weights), list(weights.values()),
-                                           Q.QuickConfig(steps=int(steps), grayscale=bool(grey)),
-                                           title=f"Quick pattern: {', '.join(weights)}", key=key)
-            except GlassboxError as error:
-                st.error(str(error))
-        status = jobs.registry().find(key)
-        if status is not None and not status.finished:
-            job_progress(status.id)
-        elif status is not None and status.state == "done":
-            result: Q.QuickResult = status.result
-            c1, c2 = st.columns(2)
-            c1.image(substrate.image, caption="substrate", width="stretch")
-            c2.image(result.image, caption=f"after {len(result.total)} steps · p = {result.target_prob[-1]:.3f}",
-                     width="stretch")
-            show_top5(result.image, highlight=None, title="The classifier on the result", key="quick_bar")
-            st.download_button("Pattern PNG", images.to_png_bytes(result.image), "pattern.png", "image/png")
-        elif status is not None and status.error:
-            st.error(status.error)
-        else:
-            st.info("Press **Paint** to start.")
+            names = [name for name, _ in settings.weights]
+            start_job(key, quick.quick_pattern, handle, settings.substrate.image, settings.substrate.background, names,
+                      [weight for _, weight in settings.weights],
+                      quick.QuickConfig(steps=settings.steps, grayscale=settings.grey),
+                      title=f"Quick pattern: {', '.join(names)}")
+        status = show_job(key, idle="Press **Paint** to start.", cancelled="Cancelled. Press **Paint** to start again.")
+        if status is not None:
+            render_quick_result(handle, settings, status.result)
 
 
-{"generate": generate_view, "train": train_view, "quick": quick_view}[mode]()
+# --- The page ---------------------------------------------------------------------------------------------
+
+def mode_control() -> str:
+    return url_widget(st.segmented_control, "Mode", key="pat_mode", param="mode", default="generate",
+                      options=list(MODES), format_func=MODES.get, required=True)
+
+
+def main() -> None:
+    selection = ensure_frame()
+    handle = require_model(selection)
+    st.title("Patterns")
+    st.caption("Chaplygin & Chacksfield (2019): a conditional GAN learns to paint what the classifier believes a "
+               "class looks like onto a blank garment. The classifier is the critic: the whole image must show the "
+               "wanted class, random crops must show none of the others, and the garment and its white background "
+               "should survive.")
+    mode = mode_control()
+    {"generate": generate_view, "train": train_view, "quick": quick_view}[mode](handle)
+
+
+main()

@@ -1,211 +1,318 @@
-"""Relabel: make the photo take any label while it looks unchanged (Robinson & Graham 2015)."""
+"""Relabel: make the photo take any label while it looks unchanged (Robinson & Graham 2015).
+
+The methods are the entries of the attack registry (``engine.attacks``). A run is a job keyed by the
+page's settings, and every one of them lives in the link (method, target, cap, step limit, epsilon,
+the Gaussian start, the swap), so a reload or a second tab finds the same run by itself.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import streamlit as st
-from PIL import Image
 
-from engine import cache, classify, images, jobs, plots
-from engine import relabel as R
+from engine import attacks, cache, images, io, jobs, models, plots, relabel
 from engine.errors import GlassboxError
-from streamlit_app import class_picker, ensure_frame, job_row, require_model, set_url_value, url_value
+from streamlit_app import (Selection, class_picker, dump_bool, ensure_frame, find_job, parse_bool, require_model,
+                           set_url_value, show_job, start_job, url_value, url_widget)
 
-selection = ensure_frame()
-handle = require_model(selection)
+HALF_TRACK = 586  # Fig. 1's half-track
+EGYPTIAN_CAT = 285
+GAUSSIAN_NAME = "gaussian"
+GAUSSIAN_DIGEST = f"gaussian-seed-{relabel.GAUSSIAN_SEED}"
+DEFAULT_CAP, DEFAULT_STEPS, DEFAULT_EPSILON = 0.01, 300, 4
+SECOND_NETWORKS = ("efficientnet_lite1", "efficientnet_lite0")  # sec. 3.1's "another network"
+TONES = {"success": st.success, "warning": st.warning, "info": st.info}
 
-st.title("Relabel")
-st.caption("Robinson & Graham (2015): nudge every pixel by one 8-bit level in the direction that makes the "
-           "target class more likely (the sign of the gradient, eq. 1-2), until the model agrees, while the "
-           "distortion (eq. 3) stays under a cap. The lecture's FGSM, PGD and least-likely attacks are here too.")
 
-HALF_TRACK = 586
-gaussian = st.toggle("Start from a random Gaussian image instead of the photo (sec. 3.2)", key="rl_gaussian",
-                     help="The paper's image synthesis: noise that the model will call anything. It needed a "
-                          "distortion of about 0.03, so raise the cap.")
-if gaussian:
-    x = R.gaussian_start(handle.input_size, seed=0).to(handle.device)
-    view = images.to_uint8(x)
-    image_digest, image_name = "gaussian-seed-0", "gaussian"
-    ranking = handle.classify(x, top_k=handle.num_classes)
-else:
-    view = classify.model_view(handle, selection.image())
-    x = images.to_tensor(view, device=handle.device)
-    image_digest, image_name = selection.digest, selection.image_name
-    ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
+@dataclass(frozen=True, eq=False)
+class StartImage:
+    """The image a run starts from, as the model sees it: a photo, or sec. 3.2's Gaussian noise."""
 
-with st.expander("Presets from the paper", icon=":material/school:"):
-    p1, p2 = st.columns(2)
-    if p1.button("The cat turned into a half-track", width="stretch"):
-        st.session_state["_next_sample"] = "chelsea"
-        set_url_value("target", str(HALF_TRACK))
-        set_url_value("method", "relabel")
-        st.session_state.pop(f"_class_target_{handle.name}", None)
-        st.rerun()
-    p1.caption("Fig. 1's 'half-track', on the chelsea photo.")
-    if p2.button("Swap two photos' labels (Fig. 1)", width="stretch"):
-        st.session_state["_next_sample"] = "coffee"
-        set_url_value("target", "285")  # the espresso becomes an Egyptian cat; the cat's run is shown beside it
-        set_url_value("method", "relabel")
+    name: str
+    digest: str
+    data: bytes | None  # None: the Gaussian image
+    view: np.ndarray  # uint8, input_size x input_size x 3
+
+    @property
+    def sha256(self) -> str | None:
+        return None if self.data is None else self.digest
+
+    def tensor(self, handle: models.ModelHandle):
+        return images.to_tensor(self.view, device=handle.device)
+
+
+@dataclass(frozen=True)
+class RelabelSettings:
+    """What the controls chose; all of it is in the page's link."""
+
+    attack: str  # a key of attacks.ATTACKS
+    target: int
+    cap: float
+    max_steps: int
+    epsilon: int
+    swap: bool  # Fig. 1's swap: the partner photo is relabelled into this photo's class beside it
+
+    def config(self):
+        """The chosen attack's config; each attack takes the values that name its fields."""
+        return attacks.get_attack(self.attack).make_config(cap=self.cap, max_steps=self.max_steps, epsilon=self.epsilon)
+
+
+# ---------------------------------------------------------------------------------------------
+# Controls
+
+
+def start_controls(handle: models.ModelHandle, selection: Selection) -> StartImage:
+    gaussian = url_widget(st.toggle, "Start from a random Gaussian image instead of the photo (sec. 3.2)",
+                          key="rl_gaussian", param="gaussian", default=False, parse=parse_bool, dump=dump_bool,
+                          help="The paper's image synthesis: noise that the model will call anything. It needed a "
+                               "distortion of about 0.03, so raise the cap.")
+    if gaussian:
+        return start_image(handle, GAUSSIAN_NAME, GAUSSIAN_DIGEST, None)
+    return start_image(handle, selection.image_name, selection.digest, selection.image_bytes)
+
+
+def start_image(handle: models.ModelHandle, name: str, digest: str, data: bytes | None) -> StartImage:
+    return StartImage(name, digest, data, cache.relabel_start(handle.name, digest, data))
+
+
+def preset_buttons(handle: models.ModelHandle) -> None:
+    with st.expander("Presets from the paper", icon=":material/school:"):
+        p1, p2 = st.columns(2)
+        if p1.button("The cat turned into a half-track", width="stretch"):
+            use_preset(handle, sample="chelsea", target=HALF_TRACK)
+        p1.caption("Fig. 1's 'half-track', on the chelsea photo.")
+        if p2.button("Swap two photos' labels (Fig. 1)", width="stretch"):
+            # the espresso becomes an Egyptian cat; the cat's run is shown beside it
+            use_preset(handle, sample="coffee", target=EGYPTIAN_CAT, swap=True)
+        p2.caption("The espresso becomes an Egyptian cat and the cat becomes an espresso, side by side.")
+
+
+def use_preset(handle: models.ModelHandle, *, sample: str, target: int, swap: bool = False) -> None:
+    """Point the sidebar and the controls at a preset (they are drawn below, or on the next run)."""
+    st.session_state["_next_sample"] = sample
+    st.session_state["rl_method"] = attacks.Relabel.key  # the method radio is not drawn yet in this run
+    st.session_state.pop(f"_class_target_{handle.name}", None)
+    set_url_value("target", str(target))
+    set_url_value("method", None)  # the default, relabel
+    if swap:
         set_url_value("swap", "1")
-        st.session_state.pop(f"_class_target_{handle.name}", None)
-        st.rerun()
-    p2.caption("The espresso becomes an Egyptian cat and the cat becomes an espresso, side by side.")
-
-METHODS = {"relabel": "Relabel (sign gradient, eq. 1-2)", "fgsm": "FGSM (one step)", "pgd": "PGD (steps in an ε-ball)",
-           "leastlikely": "Least-likely class (targeted PGD)"}
-if "rl_method" not in st.session_state:
-    st.session_state["rl_method"] = url_value("method", "relabel") if url_value("method") in METHODS else "relabel"
-left, right = st.columns([3, 2], gap="large")
-with right:
-    method = st.radio("Method", list(METHODS), key="rl_method", format_func=METHODS.get)
-    set_url_value("method", method)
-with left:
-    if method == "leastlikely":
-        target = R.least_likely_class(handle, x)
-        st.markdown(f"Turn this image into its **least likely** class: **{handle.class_names[target]}** ({target}).")
-    else:
-        target = class_picker(handle, label="Turn this image into a:", key="target", default=HALF_TRACK,
-                              help="Type to search the class names.")
-    with st.form("relabel_settings", border=False):
-        c1, c2, c3 = st.columns(3)
-        cap = c1.number_input("Distortion cap (eq. 3)", 0.001, 0.2, 0.01, 0.001, format="%.3f")
-        max_steps = c2.number_input("Step limit", 1, 2000, 300, 10)
-        epsilon = c3.number_input("ε for FGSM/PGD (levels)", 1, 64, 4)
-        run = st.form_submit_button("Run", type="primary")
-
-already = ranking.indices[0] == target and method in ("relabel", "pgd", "fgsm")
+    st.rerun()
 
 
-def run_key(img_digest: str, cls: int) -> str:
-    settings = dict(method=method, cap=float(cap), steps=int(max_steps), epsilon=int(epsilon))
-    return "|".join(["relabel", handle.name, img_digest, str(cls), json.dumps(settings, sort_keys=True)])
+def in_range(parse: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+    """A link value parser that refuses values the number input would not take."""
+    def checked(text: str) -> float:
+        value = parse(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+    return checked
 
 
-def start(img_x, img_digest: str, cls: int, title: str):
-    key = run_key(img_digest, cls)
-    status = jobs.registry().find(key)
-    if status is None or status.state in ("failed", "cancelled"):
-        if method == "relabel":
-            observer: list = []
-            st.session_state[f"observer_{key}"] = observer
-            jobs.registry().submit(R.relabel, handle, img_x, cls, R.RelabelConfig(cap=float(cap), max_steps=int(max_steps)),
-                                   observer=observer, title=title, key=key)
-        else:
-            config = R.AttackConfig(epsilon=int(epsilon), steps=10, step=1)
-            jobs.registry().submit(lambda progress, **kw: R.attack(**kw), handle=handle, x=img_x, method=method,
-                                   target=None if method == "leastlikely" else cls, config=config, title=title, key=key)
-    return jobs.registry().find(key)
+def relabel_controls(handle: models.ModelHandle, start: StartImage) -> tuple[RelabelSettings, bool]:
+    """The method, the target and the run's settings; True when Run was pressed."""
+    left, right = st.columns([3, 2], gap="large")
+    with right:
+        key = url_widget(st.radio, "Method", key="rl_method", param="method", default=attacks.Relabel.key,
+                         options=list(attacks.ATTACKS), format_func=lambda name: attacks.ATTACKS[name].label)
+    attack = attacks.get_attack(key)
+    with left:
+        target = target_control(handle, start, attack)
+        with st.form("relabel_settings", border=False):
+            c1, c2, c3 = st.columns(3)
+            with c1:
+                cap = url_widget(st.number_input, "Distortion cap (eq. 3)", key="rl_cap", param="cap",
+                                 default=DEFAULT_CAP, parse=in_range(float, 0.001, 0.2), min_value=0.001,
+                                 max_value=0.2, step=0.001, format="%.3f")
+            with c2:
+                max_steps = url_widget(st.number_input, "Step limit", key="rl_steps", param="steps",
+                                       default=DEFAULT_STEPS, parse=in_range(int, 1, 2000), min_value=1,
+                                       max_value=2000, step=10)
+            with c3:
+                epsilon = url_widget(st.number_input, "ε for FGSM/PGD (levels)", key="rl_epsilon", param="epsilon",
+                                     default=DEFAULT_EPSILON, parse=in_range(int, 1, 64), min_value=1, max_value=64)
+            run = st.form_submit_button("Run", type="primary")
+    settings = RelabelSettings(attack=attack.key, target=int(target), cap=float(cap), max_steps=int(max_steps),
+                               epsilon=int(epsilon), swap=url_value("swap") == "1")
+    return settings, run
 
 
-if already:
-    st.info(f"The model already calls this image a {handle.class_names[target]}: pick another class to relabel it into.")
-elif run:
-    try:
-        start(x, image_digest, target, f"{METHODS[method]} → {handle.class_names[target]}")
-    except GlassboxError as error:
-        st.error(str(error))
-
-status = jobs.registry().find(run_key(image_digest, target))
-
-# Fig. 1's swap: the partner photo is relabelled into this photo's class at the same time.
-swap = url_value("swap") == "1" and method == "relabel" and not gaussian
-partner_status = None
-if swap:  # the partner photo is read and decoded only in swap mode, through the shared decode cache
-    partner_name = "chelsea" if selection.image_name != "chelsea" else "coffee"
-    partner_bytes = images.sample_bytes(partner_name)
-    partner_digest = images.image_digest(partner_bytes)
-    partner_view = classify.model_view(handle, Image.fromarray(cache.decoded_image(partner_digest, partner_bytes)))
-    if run and not already:
-        start(images.to_tensor(partner_view, device=handle.device), partner_digest, ranking.indices[0],
-              f"{partner_name} → {handle.class_names[ranking.indices[0]]}")
-    partner_status = jobs.registry().find(run_key(partner_digest, ranking.indices[0]))
+def target_control(handle: models.ModelHandle, start: StartImage, attack: type[attacks.Attack]) -> int:
+    if attack.own_target:  # least-likely: the image decides its target
+        target = cache.attack_target(handle.name, start.digest, start.data, attack.key)
+        st.markdown(f"Turn this image into its **{attack.own_target}** class: "
+                    f"**{handle.class_names[target]}** ({target}).")
+        return target
+    return class_picker(handle, label="Turn this image into a:", key="target", default=HALF_TRACK,
+                        help="Type to search the class names.")
 
 
-@st.fragment(run_every=0.7)
-def live(job_id: str, key: str) -> None:
-    current = jobs.registry().status(job_id)
-    job_row(current)
-    observed = st.session_state.get(f"observer_{key}") or []
-    if observed:
-        st.plotly_chart(plots.relabel_steps_figure([o["target"] for o in observed], [o["original"] for o in observed],
-                                                   [o["distortion"] for o in observed],
-                                                   target_label=handle.class_names[target],
-                                                   original_label=handle.class_names[ranking.indices[0]], cap=float(cap)),
-                        width="stretch", key=f"live_{job_id}_{len(observed)}")
-    if current.finished:
-        st.rerun()
+# ---------------------------------------------------------------------------------------------
+# Jobs
 
 
-def show_result(result, original: np.ndarray, name: str) -> None:
-    relabelled = result.image
-    final = result.top1[-1] if hasattr(result, "top1") else result.final_class
+def job_key(handle: models.ModelHandle, settings: RelabelSettings, start: StartImage, target: int) -> str:
+    config = json.dumps(settings.config().as_dict(), sort_keys=True)
+    return "|".join(["relabel", handle.name, start.digest, str(target), settings.attack, config])
+
+
+def launch(handle: models.ModelHandle, settings: RelabelSettings, start: StartImage, target: int, title: str) -> None:
+    attack = attacks.get_attack(settings.attack)
+    start_job(job_key(handle, settings, start, target), attack.run, handle, start.tensor(handle), target,
+              settings.config(), title=title, records=True)
+
+
+def swap_partner(handle: models.ModelHandle, selection: Selection, start: StartImage,
+                 settings: RelabelSettings) -> StartImage | None:
+    """Fig. 1's swap: the other photo (read only in swap mode, through the shared decode cache)."""
+    if not settings.swap or start.data is None or attacks.get_attack(settings.attack) is not attacks.Relabel:
+        return None
+    name = "chelsea" if selection.image_name != "chelsea" else "coffee"
+    data = images.sample_bytes(name)
+    return start_image(handle, name, images.image_digest(data), data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Views
+
+
+def steps_figure(handle: models.ModelHandle, target_prob, original_prob, distortion, *, target: int | None,
+                 original_class: int, cap: float | None):
+    names = handle.class_names
+    return plots.relabel_steps_figure(target_prob, original_prob, distortion,
+                                      target_label=names[target] if target is not None else "any other class",
+                                      original_label=names[original_class], cap=cap)
+
+
+def live_steps(handle: models.ModelHandle, target: int, cap: float | None) -> Callable[[jobs.JobStatus], None]:
+    """The live view of a running job: its steps so far, from the job's own records."""
+    def live(status: jobs.JobStatus) -> None:
+        records = status.records
+        if records:
+            figure = steps_figure(handle, [r["target"] for r in records], [r["original"] for r in records],
+                                  [r["distortion"] for r in records], target=target,
+                                  original_class=records[0]["top1"], cap=cap)
+            st.plotly_chart(figure, width="stretch", key=f"live_{status.id}_{len(records)}")
+    return live
+
+
+def render_result(handle: models.ModelHandle, result: attacks.AttackResult, start: StartImage) -> None:
+    """Before, difference and after; the numbers; the verdict; the PNG and the manifest."""
+    names = handle.class_names
+    record = attacks.manifest(result, handle, image_name=start.name, image_sha256=start.sha256)
     c1, c2, c3 = st.columns(3)
-    c1.image(original, caption=f"original · {handle.class_names[result.original_class]}", width="stretch")
-    c2.image(R.difference_image(relabelled, original), caption="difference × 10, around mid-grey", width="stretch")
-    c3.image(relabelled, caption=f"relabelled · {handle.class_names[int(final)]}", width="stretch")
-    quality = R.image_quality(relabelled, original)
+    c1.image(result.original, caption=f"original · {names[result.original_class]}", width="stretch")
+    c2.image(relabel.difference_image(result.image, result.original), caption="difference × 10, around mid-grey",
+             width="stretch")
+    c3.image(result.image, caption=f"relabelled · {names[result.final_class]}", width="stretch")
+    quality = record["quality"]
     st.caption(f"distortion {quality['distortion']:.5f} (eq. 3) · largest change {quality['linf_levels']} levels · "
                f"PSNR {quality['psnr_db']:.1f} dB · SSIM {quality['ssim']:.4f}")
-    if hasattr(result, "outcome"):
-        distortion = float(result.distortion[-1])
-        if result.succeeded:
-            st.success(f"Relabelled to **{handle.class_names[result.target]}** in {result.steps} steps; "
-                       f"distortion {distortion:.5f} (eq. 3, cap {cap}).")
-        else:
-            st.warning(f"Outcome: {result.outcome} after {result.steps} steps (distortion {distortion:.5f}); "
-                       f"{handle.class_names[result.target]} reached p = {result.target_prob[-1]:.3f}. "
-                       "Raise the cap or the step limit to go further.")
-    else:
-        st.info(f"{METHODS[result.method]}: the model now says **{handle.class_names[result.final_class]}**; "
-                f"distortion {result.distortion:.5f}, largest change {result.linf_levels} levels.")
-    manifest = {"glassbox": "relabel", "image": name, "model": handle.name, "method": method, "target": int(target),
-                "final_top1": int(final), "quality": quality, "config": result.config}
+    verdict = attacks.get_attack(result.attack).verdict(result, names)
+    TONES[verdict.tone](verdict.text)
     d1, d2, _ = st.columns([1, 1, 3])
-    d1.download_button("Relabelled PNG", images.to_png_bytes(relabelled), f"{name}_{method}.png", "image/png",
-                       key=f"png_{name}")
-    d2.download_button("Manifest (JSON)", json.dumps(manifest, indent=2), f"{name}_{method}.json", "application/json",
-                       key=f"json_{name}")
+    stem = f"{start.name}_{result.attack}"
+    d1.download_button("Relabelled PNG", images.to_png_bytes(result.image), f"{stem}.png", "image/png",
+                       key=f"png_{start.name}")
+    d2.download_button("Manifest (JSON)", io.manifest_json(record), f"{stem}.json", "application/json",
+                       key=f"json_{start.name}")
 
 
-if status is not None and not status.finished:
-    live(status.id, run_key(image_digest, target))
-elif status is not None and status.state == "done":
-    result = status.result
-    show_result(result, view, image_name)
-    before = ranking.top(5)
-    after = handle.classify(images.to_tensor(result.image, device=handle.device))
+def render_before_after(handle: models.ModelHandle, ranking: models.Prediction, result: attacks.AttackResult,
+                        target: int) -> None:
     b1, b2 = st.columns(2)
-    b1.plotly_chart(plots.topk_bar(before, highlight=target, title="Before"), width="stretch", key="before_bar")
-    b2.plotly_chart(plots.topk_bar(after, highlight=target, title="After (Fig. 2)"), width="stretch", key="after_bar")
-    if hasattr(result, "target_prob"):
-        st.plotly_chart(plots.relabel_steps_figure(result.target_prob, result.original_prob, result.distortion,
-                                                   target_label=handle.class_names[target],
-                                                   original_label=handle.class_names[result.original_class], cap=float(cap)),
-                        width="stretch", key="steps_plot")
+    b1.plotly_chart(plots.topk_bar(ranking.top(5), highlight=target, title="Before"), width="stretch",
+                    key="before_bar")
+    b2.plotly_chart(plots.topk_bar(attacks.final_ranking(result, handle), highlight=target, title="After (Fig. 2)"),
+                    width="stretch", key="after_bar")
+
+
+def render_steps(handle: models.ModelHandle, result: attacks.AttackResult, target: int) -> None:
+    figure = steps_figure(handle, result.target_prob, result.original_prob, result.distortion, target=target,
+                          original_class=result.original_class, cap=result.config.get("cap"))
+    st.plotly_chart(figure, width="stretch", key="steps_plot")
+
+
+def render_gradients(handle: models.ModelHandle, start: StartImage, target: int) -> None:
     with st.expander("Raw versus sign gradient (Fig. 3)"):
-        raw, sign = R.first_gradients(handle, x, target)
+        raw, sign = cache.relabel_first_gradients(handle.name, start.digest, start.data, target)
         g1, g2 = st.columns(2)
         g1.image(raw, caption="raw gradient of the first step: hot spots", clamp=True, width="stretch")
         g2.image(sign, caption="its sign: every value moves by one level", clamp=True, width="stretch")
-    if st.button("Check the limits (crop, shift, mirror, another network)"):
-        second = cache.get_handle("efficientnet_lite1" if handle.name != "efficientnet_lite1" else "efficientnet_lite0")
-        rows = R.limit_checks(handle, result.image, int(target), result.original_class, second)
-        st.dataframe([{"check": r.check, "model": r.model, "top-1": r.label, f"p({handle.class_names[target]})": round(r.target_prob, 4),
-                       "keeps the new label": r.keeps_target, "back to the original": r.reverted} for r in rows],
-                     hide_index=True)
-elif status is not None and status.error:
-    st.error(status.error)
-elif not already:
-    st.info("Press **Run** to start.")
-if partner_status is not None:
-    st.subheader(f"The swap: {partner_name} into a {handle.class_names[ranking.indices[0]]}")
-    if partner_status.state == "done":
-        show_result(partner_status.result, partner_view, partner_name)
-    elif not partner_status.finished:
-        live(partner_status.id, run_key(partner_digest, ranking.indices[0]))
+
+
+def render_limits(handle: models.ModelHandle, result: attacks.AttackResult, target: int) -> None:
+    if not st.button("Check the limits (crop, shift, mirror, another network)"):
+        return
+    second = next(name for name in SECOND_NETWORKS if name != handle.name)
+    try:
+        rows = cache.relabel_limit_checks(handle.name, second, images.image_digest(result.image.tobytes()),
+                                          result.image, target, result.original_class)
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    st.dataframe([{"check": r.check, "model": r.model, "top-1": r.label,
+                   f"p({handle.class_names[target]})": round(r.target_prob, 4),
+                   "keeps the new label": r.keeps_target, "back to the original": r.reverted} for r in rows],
+                 hide_index=True)
+
+
+def render_swap(handle: models.ModelHandle, settings: RelabelSettings, partner: StartImage, own_class: int) -> None:
+    """The partner photo's run, once there is one, and the way out of swap mode."""
+    key = job_key(handle, settings, partner, own_class)
+    if find_job(key) is None:
+        return
+    st.subheader(f"The swap: {partner.name} into a {handle.class_names[own_class]}")
+    status = show_job(key, live=live_steps(handle, own_class, settings.config().as_dict().get("cap")), idle=None)
+    if status is not None:
+        render_result(handle, status.result, partner)
     if st.button("Stop swapping"):
         set_url_value("swap", None)
         st.rerun()
+
+
+def main() -> None:
+    selection = ensure_frame()
+    handle = require_model(selection)
+    names = handle.class_names
+    st.title("Relabel")
+    st.caption("Robinson & Graham (2015): nudge every pixel by one 8-bit level in the direction that makes the "
+               "target class more likely (the sign of the gradient, eq. 1-2), until the model agrees, while the "
+               "distortion (eq. 3) stays under a cap. The lecture's FGSM, PGD and least-likely attacks are here too.")
+    try:
+        start = start_controls(handle, selection)
+        ranking = cache.relabel_ranking(handle.name, start.digest, start.data)
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    preset_buttons(handle)
+    settings, run = relabel_controls(handle, start)
+    attack = attacks.get_attack(settings.attack)
+    target, own_class = settings.target, ranking.indices[0]
+    partner = swap_partner(handle, selection, start, settings)
+    already = not attack.own_target and own_class == target
+    if already:
+        st.info(f"The model already calls this image a {names[target]}: pick another class to relabel it into.")
+    elif run:
+        launch(handle, settings, start, target, f"{attack.label} → {names[target]}")
+        if partner is not None:
+            launch(handle, settings, partner, own_class, f"{partner.name} → {names[own_class]}")
+    if not already:
+        cap = settings.config().as_dict().get("cap")
+        status = show_job(job_key(handle, settings, start, target), live=live_steps(handle, target, cap))
+        if status is not None:
+            result = status.result
+            render_result(handle, result, start)
+            render_before_after(handle, ranking, result, target)
+            render_steps(handle, result, target)
+            render_gradients(handle, start, target)
+            render_limits(handle, result, target)
+    if partner is not None:
+        render_swap(handle, settings, partner, own_class)
+
+
+main()

@@ -1,328 +1,510 @@
-"""Saliency: which pixels made the model decide? Methods side by side, scored for faithfulness."""
+"""Saliency: which pixels made the model decide? Methods side by side, scored for faithfulness.
+
+Every setting that goes into a job's key (methods, class, layer, the slow methods' settings, the
+compared method and second class, the faithfulness settings) lives in the page's link, so a reload
+or a second tab finds the running or finished slow maps and the faithfulness scores by itself.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import streamlit as st
 
-from engine import cache, classify, images, jobs, plots
-from engine import saliency as S
+from engine import cache, images, io, models, plots, saliency
 from engine.errors import GlassboxError
-from streamlit_app import class_picker, ensure_frame, job_row, require_model, set_url_value, url_value
+from engine.jobs import JobStatus
+from streamlit_app import (Selection, class_picker, ensure_frame, find_job, require_model, set_url_value, show_job,
+                           show_jobs, start_job, url_value, url_widget)
 
-selection = ensure_frame()
-handle = require_model(selection)
+DEFAULT_METHODS = ("gradcam", "gradcampp", "gradient", "occlusion")
+PRESETS = {
+    "Pixel saliency is class dependent": dict(sample="chelsea", methods="gradcam,occlusion", cls="285", cls2="282",
+                                              text="One photo, two classes (Egyptian cat vs tiger cat), like the lecture's sheep vs cow."),
+    "White box vs black box": dict(sample="coffee", methods="gradient,gradcam,occlusion,rise", cls="967", cls2="968",
+                                   text="Gradients against masking on the espresso photo."),
+    "Slide a square occluder": dict(sample="motorcycle_left", methods="occlusion", cls=None, cls2=None,
+                                    text="The class probability as a function of the occluder's position."),
+}
+FILLS = ("grey", "black", "blur")
+BASELINES = ("black", "grey")
+DELETION_FILLS = ("black", "grey", "blur")
+INSERTION_FILLS = ("blur", "black", "grey")
+SLOW_LIMITS = {"patch": (4, 224), "stride": (2, 224), "masks": (50, 8000), "grid": (2, 16), "keep": (0.1, 0.9),
+               "steps": (2, 300)}  # the widgets' ranges: a link's value is clamped into them
+SLOW_CHOICES = {"fill": FILLS, "baseline": BASELINES}
+RUN_SLOW = "Run the slow methods"
+RUNNING = "Running… progress is shown below the maps."
+IDLE_SLOW = "A slow method: open *Settings of the slow methods* and press **Run the slow methods**."
 
-st.title("Saliency")
-st.caption("Which parts of the image played the most important role in the network's decision? White-box "
-           "methods follow the gradient of the class score; black-box methods hide parts of the image and "
-           "watch the probability change. Each map explains one class.")
 
-FAST = [k for k, cls in S.METHODS.items() if not cls.slow]
-SLOW = [k for k, cls in S.METHODS.items() if cls.slow]
-DEFAULT_METHODS = ["gradcam", "gradcampp", "gradient", "occlusion"]
-offered = S.available_methods(handle)
-view = classify.model_view(handle, selection.image())
-x = images.to_tensor(view, device=handle.device)
-ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
+# ---------------------------------------------------------------------------------------------
+# What the controls chose (frozen: each one keys a job or a cached map)
+
+
+@dataclass(frozen=True)
+class SlowSettings:
+    """The slow methods' settings, kept in the link as ``slow=patch:24,stride:8,...`` (defaults left out)."""
+
+    patch: int = 32
+    stride: int = 16
+    fill: str = "grey"
+    masks: int = 1000
+    grid: int = 7
+    keep: float = 0.5
+    steps: int = 32
+    baseline: str = "black"
+
+    @classmethod
+    def from_url(cls, text: str | None) -> "SlowSettings":
+        """A hand-edited link with a bad value keeps that value's default; numbers are clamped to the widgets."""
+        values = asdict(cls())
+        for item in (text or "").split(","):
+            name, _, raw = item.partition(":")
+            if name not in values or not raw:
+                continue
+            try:
+                value = type(values[name])(raw)
+            except ValueError:
+                continue
+            if name in SLOW_LIMITS:
+                low, high = SLOW_LIMITS[name]
+                value = type(values[name])(min(max(value, low), high))
+            if name in SLOW_CHOICES and value not in SLOW_CHOICES[name]:
+                continue
+            values[name] = value
+        return cls(**values)
+
+    def url_text(self) -> str | None:
+        default = SlowSettings()
+        changed = [f"{item.name}:{getattr(self, item.name)}" for item in fields(self)
+                   if getattr(self, item.name) != getattr(default, item.name)]
+        return ",".join(changed) or None
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    methods: tuple[str, ...]
+    target: int
+    layer: str | None  # None: no CAM method is chosen (the CAM methods then use the default layer)
+
+
+@dataclass(frozen=True)
+class DisplaySettings:
+    opacity: float
+    shared: bool
+    signed: bool
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    method: str
+    second: int
+
+
+@dataclass(frozen=True, eq=False)
+class Subject:
+    """The model and image every map on the page explains."""
+
+    handle: models.ModelHandle
+    selection: Selection
+    view: np.ndarray  # uint8, the square crop the model sees
+    ranking: models.Prediction
+
+    def tensor(self):
+        return images.to_tensor(self.view, device=self.handle.device)
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """One map the page shows: a method's map of one class with one config."""
+
+    method: str
+    target: int
+    config: saliency.MethodConfig
+
+    @property
+    def slow(self) -> bool:
+        return saliency.METHODS[self.method].slow
+
+    def job_key(self, subject: Subject) -> str:
+        """One scan holds every class's map, so a scan's job does not depend on the class."""
+        scope = "any class" if saliency.METHODS[self.method].covers_every_class else str(self.target)
+        return "|".join(["saliency", subject.handle.name, subject.selection.digest, self.method, scope,
+                         json.dumps(self.config.as_dict(), sort_keys=True)])
+
+
+@dataclass(frozen=True)
+class MapOutcome:
+    result: saliency.Explanation | None = None
+    running: bool = False
+    error: str | None = None
 
 
 def method_label(key: str) -> str:
-    return S.METHODS[key].label + (" (slow)" if S.METHODS[key].slow else "")
+    return saliency.METHODS[key].label + (" (slow)" if saliency.METHODS[key].slow else "")
 
 
-# --- presets a teacher can open with one click ---------------------------------------------------
+def map_request(method: str, target: int, layer: str | None, slow: SlowSettings) -> MapRequest:
+    """The method's config from the page's flat settings (each config takes the fields it has)."""
+    return MapRequest(method, target, saliency.config_from(method, {"layer": layer, **asdict(slow)}))
 
-with st.expander("Presets from the lecture", icon=":material/school:"):
-    st.caption("Each sets the image, the classes and the methods; the sidebar model stays as it is.")
-    preset_columns = st.columns(3)
-    PRESETS = {
-        "Pixel saliency is class dependent": dict(sample="chelsea", methods="gradcam,occlusion", cls="285", cls2="282",
-                                                  text="One photo, two classes (Egyptian cat vs tiger cat), like the lecture's sheep vs cow."),
-        "White box vs black box": dict(sample="coffee", methods="gradient,gradcam,occlusion,rise", cls="967", cls2="968",
-                                       text="Gradients against masking on the espresso photo."),
-        "Slide a square occluder": dict(sample="motorcycle_left", methods="occlusion", cls=None, cls2=None,
-                                        text="The class probability as a function of the occluder's position."),
-    }
-    for column, (name, preset) in zip(preset_columns, PRESETS.items()):
-        with column:
-            if st.button(name, key=f"preset_{name}", width="stretch"):
-                st.session_state["_next_sample"] = preset["sample"]  # the sidebar applies it on the rerun
-                for key, value in (("methods", preset["methods"]), ("class", preset["cls"]), ("class2", preset["cls2"])):
-                    set_url_value(key, value)
-                for key in [k for k in st.session_state if str(k).startswith(("_class_", "sal_methods"))]:
-                    del st.session_state[key]
-                st.rerun()
-            st.caption(preset["text"])
 
-# --- controls ------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# Controls
 
-if "sal_methods" not in st.session_state:
-    wanted = [m for m in (url_value("methods") or ",".join(DEFAULT_METHODS)).split(",") if m in offered]
-    st.session_state["sal_methods"] = wanted or [m for m in DEFAULT_METHODS if m in offered]
-if len(offered) < len(S.METHODS):
-    st.info("This model has no convolutional layer with a spatial output, so the Grad-CAM methods are not offered.")
 
-top_left, top_mid, top_right = st.columns([3, 2, 2], gap="medium")
-with top_left:
-    chosen = st.multiselect("Methods", offered, key="sal_methods", format_func=method_label)
-    set_url_value("methods", ",".join(chosen))
-with top_mid:
-    target = class_picker(handle, label="Explain the class", default=ranking.indices[0],
-                          help="Defaults to the top-1 class; type to search.")
-    st.caption(f"p = {100 * ranking.probs[ranking.rank_of(target)]:.1f} %, rank {ranking.rank_of(target) + 1}")
-with top_right:
+def preset_controls() -> None:
+    """Presets a teacher can open with one click: they set the link and rerun."""
+    with st.expander("Presets from the lecture", icon=":material/school:"):
+        st.caption("Each sets the image, the classes and the methods; the sidebar model stays as it is.")
+        for column, (name, preset) in zip(st.columns(3), PRESETS.items()):
+            with column:
+                if st.button(name, key=f"preset_{name}", width="stretch"):
+                    apply_preset(preset)
+                st.caption(preset["text"])
+
+
+def apply_preset(preset: dict) -> None:
+    st.session_state["_next_sample"] = preset["sample"]  # the sidebar applies it on the rerun
+    for key, value in (("methods", preset["methods"]), ("class", preset["cls"]), ("class2", preset["cls2"])):
+        set_url_value(key, value)
+    for key in [k for k in st.session_state if str(k).startswith(("_class_", "sal_methods"))]:
+        del st.session_state[key]
+    st.rerun()
+
+
+def methods_widget(offered: list[str]) -> list[str]:
+    """The methods multiselect, bound to ``methods=`` in the link."""
+    def parse(text: str) -> list[str]:
+        chosen = [method for method in text.split(",") if method in offered]
+        if text and not chosen:
+            raise ValueError(text)
+        return chosen
+
+    def multiselect(label: str, **kwargs) -> list[str]:
+        return st.multiselect(label, offered, format_func=method_label, **kwargs)
+
+    default = [method for method in DEFAULT_METHODS if method in offered]
+    return url_widget(multiselect, "Methods", key="sal_methods", param="methods", default=default,
+                      parse=parse, dump=",".join)
+
+
+def layer_widget(handle: models.ModelHandle) -> str:
+    names = [info.name for info in handle.layers]
+    if st.session_state.get("sal_layer") not in (None, *names):  # the previous model's layer
+        del st.session_state["sal_layer"]
+        set_url_value("layer", None)
+
+    def describe(name: str) -> str:
+        info = handle.layer(name)
+        return f"{name} · {info.channels}×{info.height}×{info.width}"
+
+    return url_widget(st.selectbox, "Layer (Grad-CAM methods)", key="sal_layer", param="layer",
+                      default=handle.default_layer, options=names, format_func=describe,
+                      help="Later layers are coarser but more class-specific. Default: the last feature map.")
+
+
+def map_controls(subject: Subject, offered: list[str]) -> MapSettings:
+    handle, ranking = subject.handle, subject.ranking
+    top_left, top_mid, top_right = st.columns([3, 2, 2], gap="medium")
+    with top_left:
+        chosen = methods_widget(offered)
+    with top_mid:
+        target = class_picker(handle, label="Explain the class", default=ranking.indices[0],
+                              help="Defaults to the top-1 class; type to search.")
+        st.caption(f"p = {100 * ranking.probs[ranking.rank_of(target)]:.1f} %, rank {ranking.rank_of(target) + 1}")
     layer = None
-    if any(S.METHODS[m].uses_layer for m in chosen):
-        names = [info.name for info in handle.layers]
-        if "sal_layer" not in st.session_state:
-            wanted = url_value("layer", handle.default_layer)
-            st.session_state["sal_layer"] = wanted if wanted in names else handle.default_layer
-        layer = st.selectbox("Layer (Grad-CAM methods)", names, key="sal_layer",
-                             format_func=lambda n: f"{n} · {handle.layer(n).channels}×{handle.layer(n).height}×{handle.layer(n).width}",
-                             help="Later layers are coarser but more class-specific. Default: the last feature map.")
-        set_url_value("layer", layer)
-
-show_left, show_mid, show_right = st.columns([3, 2, 2], gap="medium")
-with show_left:
-    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="sal_opacity")
-with show_mid:
-    shared = st.radio("Colour scale", ["per map", "shared"], horizontal=True, key="sal_shared",
-                      help="Shared puts every map on one range: right for maps in the same units, e.g. one method for two classes.") == "shared"
-with show_right:
-    signed = st.radio("Values", ["absolute", "signed"], horizontal=True, key="sal_signed",
-                      help="Signed keeps negative evidence (blue) for methods that have it: integrated gradients, occlusion.") == "signed"
-
-SLOW_DEFAULTS = {"patch": 32, "stride": 16, "fill": "grey", "masks": 1000, "grid": 7, "keep": 0.5,
-                 "steps": 32, "baseline": "black"}
+    with top_right:
+        if any(saliency.METHODS[method].uses_layer for method in chosen):
+            layer = layer_widget(handle)
+    return MapSettings(tuple(chosen), target, layer)
 
 
-def slow_settings_from_url() -> dict:
-    """The slow methods' settings kept in the link (``slow=patch:24,stride:8,...``), else defaults."""
-    settings = dict(SLOW_DEFAULTS)
-    for item in (url_value("slow") or "").split(","):
-        name, _, value = item.partition(":")
-        if name in settings and value:
-            try:
-                settings[name] = type(SLOW_DEFAULTS[name])(value)
-            except ValueError:
-                pass  # a hand-edited link with a bad number keeps the default
-    return settings
+def display_controls() -> DisplaySettings:
+    left, mid, right = st.columns([3, 2, 2], gap="medium")
+    with left:
+        opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="sal_opacity")
+    with mid:
+        shared = st.radio("Colour scale", ["per map", "shared"], horizontal=True, key="sal_shared",
+                          help="Shared puts every map on one range: right for maps in the same units, e.g. one method for two classes.") == "shared"
+    with right:
+        signed = st.radio("Values", ["absolute", "signed"], horizontal=True, key="sal_signed",
+                          help="Signed keeps negative evidence (blue) for methods that have it: integrated gradients, occlusion.") == "signed"
+    return DisplaySettings(opacity, shared, signed)
 
 
-saved = slow_settings_from_url()
-with st.expander("Settings of the slow methods", icon=":material/tune:", expanded=False):
-    with st.form("slow_settings", border=False):
-        c1, c2, c3 = st.columns(3)
-        fills, baselines = ["grey", "black", "blur"], ["black", "grey"]
-        with c1:
-            st.markdown("**Occlusion**")
-            patch = st.number_input("Patch size (px)", 4, 224, min(max(saved["patch"], 4), 224), 4)
-            stride = st.number_input("Stride (px)", 2, 224, min(max(saved["stride"], 2), 224), 2)
-            fill = st.selectbox("Fill", fills, index=fills.index(saved["fill"]) if saved["fill"] in fills else 0)
-        with c2:
-            st.markdown("**RISE**")
-            masks = st.number_input("Masks", 50, 8000, min(max(saved["masks"], 50), 8000), 50)
-            grid = st.number_input("Grid cells per side", 2, 16, min(max(saved["grid"], 2), 16))
-            keep = st.slider("Keep probability", 0.1, 0.9, min(max(saved["keep"], 0.1), 0.9), 0.05)
-        with c3:
-            st.markdown("**Integrated gradients**")
-            steps = st.number_input("Steps", 2, 300, min(max(saved["steps"], 2), 300), 2)
-            baseline = st.selectbox("Baseline", baselines,
-                                    index=baselines.index(saved["baseline"]) if saved["baseline"] in baselines else 0)
-        run_slow = st.form_submit_button("Run the slow methods", type="primary")
-if run_slow:  # keep the settings in the link, so a reload finds the same jobs again
-    chosen_settings = dict(patch=int(patch), stride=int(stride), fill=fill, masks=int(masks), grid=int(grid),
-                           keep=float(keep), steps=int(steps), baseline=baseline)
-    changed = {k: v for k, v in chosen_settings.items() if v != SLOW_DEFAULTS[k]}
-    set_url_value("slow", ",".join(f"{k}:{v}" for k, v in changed.items()) or None)
-
-slow_configs = {
-    "occlusion": S.OcclusionConfig(patch=int(patch), stride=int(stride), fill=fill),
-    "rise": S.RISEConfig(masks=int(masks), grid=int(grid), keep=float(keep)),
-    "ig": S.IntegratedGradientsConfig(steps=int(steps), baseline=baseline),
-}
+def slow_controls() -> tuple[SlowSettings, bool]:
+    """The slow methods' settings form, seeded from the link; (settings, Run pressed)."""
+    for name, value in asdict(SlowSettings.from_url(url_value("slow"))).items():
+        st.session_state.setdefault(f"sal_slow_{name}", value)
+    with st.expander("Settings of the slow methods", icon=":material/tune:", expanded=False):
+        with st.form("slow_settings", border=False):
+            occlusion, rise, integrated = st.columns(3)
+            with occlusion:
+                st.markdown("**Occlusion**")
+                patch = st.number_input("Patch size (px)", 4, 224, step=4, key="sal_slow_patch")
+                stride = st.number_input("Stride (px)", 2, 224, step=2, key="sal_slow_stride")
+                fill = st.selectbox("Fill", FILLS, key="sal_slow_fill")
+            with rise:
+                st.markdown("**RISE**")
+                masks = st.number_input("Masks", 50, 8000, step=50, key="sal_slow_masks")
+                grid = st.number_input("Grid cells per side", 2, 16, key="sal_slow_grid")
+                keep = st.slider("Keep probability", 0.1, 0.9, step=0.05, key="sal_slow_keep")
+            with integrated:
+                st.markdown("**Integrated gradients**")
+                steps = st.number_input("Steps", 2, 300, step=2, key="sal_slow_steps")
+                baseline = st.selectbox("Baseline", BASELINES, key="sal_slow_baseline")
+            run = st.form_submit_button(RUN_SLOW, type="primary")
+    settings = SlowSettings(patch=int(patch), stride=int(stride), fill=fill, masks=int(masks), grid=int(grid),
+                            keep=float(keep), steps=int(steps), baseline=baseline)
+    set_url_value("slow", settings.url_text())  # a reload computes the same job keys from the link
+    return settings, run
 
 
-def config_for(method: str, layer_name: str | None):
-    if S.METHODS[method].uses_layer:
-        return S.CAMConfig(layer=layer_name)
-    return slow_configs.get(method, S.METHODS[method].Config())
+def pair_controls(subject: Subject, offered: list[str]) -> PairSettings:
+    options = [m for m in offered if not saliency.METHODS[m].slow] + [m for m in offered if saliency.METHODS[m].slow]
+    left, mid, _ = st.columns([2, 3, 2])
+    method = url_widget(left.selectbox, "Method", key="sal_compare_method", param="compare", default=options[0],
+                        options=options, format_func=method_label)
+    with mid:
+        second = class_picker(subject.handle, label="Second class", key="class2", default=subject.ranking.indices[1])
+    return PairSettings(method, second)
 
 
-SCANS = ("occlusion", "rise")  # one scan holds every class's map: the job does not depend on the class
+def faithfulness_controls(count: int) -> tuple[saliency.FaithfulnessConfig, bool]:
+    """Steps and fills, bound to the link (they key the scoring job); (config, Score pressed)."""
+    with st.form("faithfulness_form", border=False):
+        steps_column, deletion_column, insertion_column = st.columns(3)
+        steps = url_widget(steps_column.number_input, "Steps", key="sal_faith_steps", param="faith_steps",
+                           default=32, parse=int, min_value=4, max_value=224, step=4)
+        deletion_fill = url_widget(deletion_column.selectbox, "Deleted pixels become", key="sal_deletion_fill",
+                                   param="deletion", default=DELETION_FILLS[0], options=DELETION_FILLS)
+        insertion_fill = url_widget(insertion_column.selectbox, "Insertion starts from", key="sal_insertion_fill",
+                                    param="insertion", default=INSERTION_FILLS[0], options=INSERTION_FILLS)
+        score = st.form_submit_button(f"Score the {count} maps shown", disabled=not count)
+    config = saliency.FaithfulnessConfig(steps=int(steps), deletion_fill=deletion_fill, insertion_fill=insertion_fill)
+    return config, score
 
 
-def job_key(method: str, cls: int, config) -> str:
-    scope = "any class" if method in SCANS else str(cls)
-    return "|".join(["saliency", handle.name, selection.digest, method, scope, json.dumps(config.as_dict(), sort_keys=True)])
+# ---------------------------------------------------------------------------------------------
+# Maps: fast ones from the cache, slow ones as jobs
 
 
-def slow_job(method: str, cls: int, *, start: bool):
-    """The registry's job for this request (started when asked); its status or None."""
-    key = job_key(method, cls, config_for(method, layer))
-    status = jobs.registry().find(key)
-    if start and (status is None or status.state in ("failed", "cancelled")):
-        jobs.registry().submit(S.explain, handle, x, method, cls, config_for(method, layer),
-                               title=f"{S.METHODS[method].label} · {handle.class_names[cls]}", key=key)
-        status = jobs.registry().find(key)
-    return status
-
-
-def explanation(method: str, cls: int, *, start_slow: bool = False):
-    """(Explanation or None, job status or None, error sentence or None)."""
-    if not S.METHODS[method].slow:
-        try:
-            config = config_for(method, layer)
-            return cache.explanation(handle.name, selection.digest, selection.image_bytes, method, cls,
-                                     json.dumps(config.as_dict(), sort_keys=True)), None, None
-        except GlassboxError as error:
-            return None, None, str(error)
+def fast_outcome(subject: Subject, request: MapRequest) -> MapOutcome:
     try:
-        status = slow_job(method, cls, start=start_slow)
+        result = cache.explanation(subject.handle.name, subject.selection.digest, subject.selection.image_bytes,
+                                   request.method, request.target, json.dumps(request.config.as_dict(), sort_keys=True))
     except GlassboxError as error:
-        return None, None, str(error)
-    if status is not None and status.state == "done":
+        return MapOutcome(error=str(error))
+    return MapOutcome(result=result)
+
+
+def slow_statuses(subject: Subject, requests: list[MapRequest], *, start: bool) -> dict[str, JobStatus | None]:
+    """Each slow request's job by key: found, or started when Run was pressed."""
+    statuses: dict[str, JobStatus | None] = {}
+    for request in requests:
+        key = request.job_key(subject)
+        if key in statuses:
+            continue
+        if start:
+            handle = subject.handle
+            statuses[key] = start_job(key, saliency.explain, handle, subject.tensor(), request.method, request.target,
+                                      request.config,
+                                      title=f"{saliency.METHODS[request.method].label} · {handle.class_names[request.target]}")
+        else:
+            statuses[key] = find_job(key)
+    return statuses
+
+
+def slow_outcome(subject: Subject, request: MapRequest, status: JobStatus | None) -> MapOutcome:
+    if status is None:
+        return MapOutcome()
+    if status.done:
         result = status.result
-        if result.target != cls:  # a scan made for another class: re-read it, no new passes
-            result = result.for_class(cls, handle.class_names[cls])
-        return result, status, None
-    return None, status, status.error if status is not None else None
+        if result.target != request.target:  # a scan made for another class: re-read it, no new passes
+            result = result.for_class(request.target, subject.handle.class_names[request.target])
+        return MapOutcome(result=result)
+    return MapOutcome(running=not status.finished, error=status.error)
 
 
-# --- the grid of maps ------------------------------------------------------------------------------
+def map_outcomes(subject: Subject, requests: list[MapRequest], *, start_slow: bool,
+                 progress_area) -> dict[MapRequest, MapOutcome]:
+    """Every request's outcome; the running slow jobs are polled in ``progress_area``."""
+    slow = [request for request in requests if request.slow]
+    with progress_area:  # a refused start is said here, where the progress rows go
+        statuses = slow_statuses(subject, slow, start=start_slow)
+        running = [key for key, status in statuses.items() if status is not None and not status.finished]
+        statuses.update(show_jobs(running, idle=None))  # jobs that ended meanwhile come back done
+    return {request: (slow_outcome(subject, request, statuses[request.job_key(subject)]) if request.slow
+                      else fast_outcome(subject, request)) for request in dict.fromkeys(requests)}
 
-results = {m: explanation(m, target, start_slow=run_slow) for m in chosen}
-running = [status for _, status, _ in results.values() if status is not None and not status.finished]
-drawn = {m: plots.display_map(r.saliency, signed=signed and r.signed) for m, (r, _, _) in results.items() if r is not None}
-ranges = dict(zip(drawn, plots.colour_range(list(drawn.values()), signed=signed, shared=shared)))
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
 
 
-def downloads(result, overlay: np.ndarray, key: str) -> None:
-    stem = S.file_stem(result, selection.image_name)
-    record = S.manifest(result, handle, image_sha256=selection.digest, image_name=selection.image_name)
+def display_values(result: saliency.Explanation, display: DisplaySettings) -> np.ndarray:
+    return plots.display_map(result.saliency, signed=display.signed and result.signed)
+
+
+def render_downloads(subject: Subject, result: saliency.Explanation, overlay: np.ndarray, key: str) -> None:
+    selection = subject.selection
+    stem = saliency.file_stem(result, selection.image_name)
+    record = saliency.manifest(result, subject.handle, image_sha256=selection.digest, image_name=selection.image_name)
     with st.popover("Files", icon=":material/download:", width="stretch"):
         st.download_button("Overlay (PNG)", images.to_png_bytes(overlay), f"{stem}.png", "image/png", key=f"png_{key}")
-        st.download_button("Raw map (.npy)", S.npy_bytes(result.saliency), f"{stem}.npy", "application/octet-stream", key=f"npy_{key}")
-        st.download_button("Manifest (JSON)", json.dumps(record, indent=2), f"{stem}.json", "application/json", key=f"json_{key}")
+        st.download_button("Raw map (.npy)", saliency.npy_bytes(result.saliency), f"{stem}.npy",
+                           "application/octet-stream", key=f"npy_{key}")
+        st.download_button("Manifest (JSON)", io.manifest_json(record), f"{stem}.json", "application/json",
+                           key=f"json_{key}")
 
 
-def draw_card(method: str, result, status, error) -> None:
+def render_waiting_card(method: str, outcome: MapOutcome) -> None:
+    st.markdown(f"**{saliency.METHODS[method].label}**")
+    if outcome.error:
+        st.error(outcome.error)
+    elif outcome.running:
+        st.info(RUNNING)
+    else:
+        st.info(IDLE_SLOW)
+
+
+def render_map_card(subject: Subject, method: str, outcome: MapOutcome, values: np.ndarray | None,
+                    colour_range: tuple[float, float] | None, display: DisplaySettings) -> None:
     with st.container(border=True):
+        result = outcome.result
         if result is None:
-            st.markdown(f"**{S.METHODS[method].label}**")
-            if error:
-                st.error(error)
-            elif status is not None and not status.finished:
-                st.info("Running… progress is shown below the maps.")
-            else:
-                st.info("A slow method: open *Settings of the slow methods* and press **Run the slow methods**.")
+            render_waiting_card(method, outcome)
             return
-        values = drawn[method]
-        zmin, zmax = ranges[method]
+        zmin, zmax = colour_range
         scale = plots.SIGNED_SCALE if zmin < 0 else plots.UNSIGNED_SCALE
         title = f"{result.label} · {result.target_label}" + (f" · {result.layer}" if result.layer else "")
-        st.plotly_chart(plots.saliency_figure(view, values, title=title, zmin=zmin, zmax=zmax, opacity=opacity, scale=scale),
+        st.plotly_chart(plots.saliency_figure(subject.view, values, title=title, zmin=zmin, zmax=zmax,
+                                              opacity=display.opacity, scale=scale),
                         width="stretch", config={"displayModeBar": False}, key=f"map_{method}")
         if result.occlusion is not None:
-            with st.popover("Probability vs occluder position", icon=":material/grid_on:"):
-                scan = result.occlusion
-                st.plotly_chart(plots.occlusion_figure(scan.probability_map(result.target), scan.ys, scan.xs, scan.patch,
-                                                       title=f"p({result.target_label}) with the occluder centred here"),
-                                width="stretch", key=f"occ_{method}")
+            render_occluder_popover(result, method)
         left, right = st.columns([1, 1])
         left.caption(f"{result.seconds:.2f} s · {'signed' if result.signed else 'non-negative'}")
         with right:
-            downloads(result, plots.overlay_rgb(view, values, zmin=zmin, zmax=zmax, opacity=opacity, scale=scale), method)
+            overlay = plots.overlay_rgb(subject.view, values, zmin=zmin, zmax=zmax, opacity=display.opacity, scale=scale)
+            render_downloads(subject, result, overlay, method)
 
 
-if not chosen:
-    st.info("Pick one or more methods above.")
-columns = st.columns(3)
-for i, method in enumerate(chosen):
-    with columns[i % 3]:
-        draw_card(method, *results[method])
+def render_occluder_popover(result: saliency.Explanation, method: str) -> None:
+    scan = result.occlusion
+    with st.popover("Probability vs occluder position", icon=":material/grid_on:"):
+        st.plotly_chart(plots.occlusion_figure(scan.probability_map(result.target), scan.ys, scan.xs, scan.patch,
+                                               title=f"p({result.target_label}) with the occluder centred here"),
+                        width="stretch", key=f"occ_{method}")
 
 
-@st.fragment(run_every=1.0)
-def progress_panel(job_ids: list[str]) -> None:
-    """Polls the running jobs; a widget click or reload does not stop them (they live in the registry)."""
-    statuses = [jobs.registry().status(job_id) for job_id in job_ids]
-    for status in statuses:
-        job_row(status)
-    if all(status.finished for status in statuses):
-        st.rerun()
+def render_grid(subject: Subject, outcomes: dict[str, MapOutcome], display: DisplaySettings) -> None:
+    drawn = {method: display_values(outcome.result, display) for method, outcome in outcomes.items()
+             if outcome.result is not None}
+    ranges = dict(zip(drawn, plots.colour_range(list(drawn.values()), signed=display.signed, shared=display.shared)))
+    if not outcomes:
+        st.info("Pick one or more methods above.")
+    columns = st.columns(3)
+    for i, (method, outcome) in enumerate(outcomes.items()):
+        with columns[i % 3]:
+            render_map_card(subject, method, outcome, drawn.get(method), ranges.get(method), display)
 
 
-if running:
-    progress_panel([status.id for status in running])
-
-# --- two classes side by side ------------------------------------------------------------------
-
-st.subheader("Pixel saliency is class dependent")
-st.caption("The same method for two classes of the same photo, on one colour scale.")
-pair_left, pair_mid, _ = st.columns([2, 3, 2])
-compare_method = pair_left.selectbox("Method", [m for m in offered if not S.METHODS[m].slow] + [m for m in offered if S.METHODS[m].slow],
-                                     key="sal_compare_method", format_func=method_label)
-with pair_mid:
-    second = class_picker(handle, label="Second class", key="class2", default=ranking.indices[1])
-pair = [explanation(compare_method, cls, start_slow=run_slow) for cls in (target, second)]
-ready = [r for r, _, _ in pair if r is not None]
-if len(ready) == 2:
-    pair_maps = [plots.display_map(r.saliency, signed=signed and r.signed) for r in ready]
-    pair_ranges = plots.colour_range(pair_maps, signed=signed and ready[0].signed, shared=True)
-    for column, result, values, (zmin, zmax) in zip(st.columns(2), ready, pair_maps, pair_ranges):
-        p = ranking.probs[ranking.rank_of(result.target)]
-        column.plotly_chart(plots.saliency_figure(view, values, title=f"{result.label} · {result.target_label} ({100 * p:.1f} %)",
-                                                  zmin=zmin, zmax=zmax, opacity=opacity,
+def render_pair(subject: Subject, method: str, pair: list[MapOutcome], display: DisplaySettings) -> None:
+    ready = [outcome.result for outcome in pair if outcome.result is not None]
+    if len(ready) < 2:
+        errors = [outcome.error for outcome in pair if outcome.error]
+        if errors:
+            st.error(errors[0])
+        else:
+            st.info(f"{saliency.METHODS[method].label} is slow: press **Run the slow methods** to compute both classes.")
+        return
+    ranking = subject.ranking
+    values = [display_values(result, display) for result in ready]
+    ranges = plots.colour_range(values, signed=display.signed and ready[0].signed, shared=True)
+    for column, result, shown, (zmin, zmax) in zip(st.columns(2), ready, values, ranges):
+        probability = ranking.probs[ranking.rank_of(result.target)]
+        column.plotly_chart(plots.saliency_figure(subject.view, shown,
+                                                  title=f"{result.label} · {result.target_label} ({100 * probability:.1f} %)",
+                                                  zmin=zmin, zmax=zmax, opacity=display.opacity,
                                                   scale=plots.SIGNED_SCALE if zmin < 0 else plots.UNSIGNED_SCALE),
-                            width="stretch", config={"displayModeBar": False}, key=f"pair_{result.target}_{compare_method}")
-else:
-    errors = [e for _, _, e in pair if e]
-    if errors:
-        st.error(errors[0])
-    else:
-        st.info(f"{S.METHODS[compare_method].label} is slow: press **Run the slow methods** to compute both classes.")
-
-# --- faithfulness --------------------------------------------------------------------------------
-
-st.subheader("Faithfulness: deletion and insertion")
-st.caption("Remove the most salient pixels first (deletion) or add them to a blurred copy first (insertion) and "
-           "watch the target probability (Petsiuk et al. 2018). A faithful map makes the deletion curve fall "
-           "fast (low AUC) and the insertion curve rise fast (high AUC).")
-finished = {m: results[m][0] for m in chosen if results[m][0] is not None}
-with st.form("faithfulness_form", border=False):
-    f1, f2, f3 = st.columns(3)
-    steps_f = f1.number_input("Steps", 4, 224, 32, 4)
-    deletion_fill = f2.selectbox("Deleted pixels become", ["black", "grey", "blur"])
-    insertion_fill = f3.selectbox("Insertion starts from", ["blur", "black", "grey"])
-    score = st.form_submit_button(f"Score the {len(finished)} maps shown", disabled=not finished)
-faith_config = S.FaithfulnessConfig(steps=int(steps_f), deletion_fill=deletion_fill, insertion_fill=insertion_fill)
+                            width="stretch", config={"displayModeBar": False}, key=f"pair_{result.target}_{method}")
 
 
-def score_all(handle_, x_, maps: dict, cls: int, config, progress=None):
-    """One job for all maps, so the progress bar covers the whole scoring."""
-    out = {}
-    for i, (label, saliency_map) in enumerate(maps.items()):
-        share = (lambda f, m, i=i: progress((i + f) / len(maps), f"{label}: {m}")) if progress else None
-        out[label] = S.deletion_insertion(handle_, x_, saliency_map, cls, config, share)
-    return out
-
-
-faith_key = "|".join(["faithfulness", handle.name, selection.digest, str(target), json.dumps(faith_config.as_dict()),
-                      *[f"{m}:{json.dumps(r.config, sort_keys=True)}" for m, r in finished.items()]])
-faith = jobs.registry().find(faith_key)
-if score and finished:
-    jobs.registry().submit(score_all, handle, x, {r.label: r.saliency for r in finished.values()}, target, faith_config,
-                           title="Deletion and insertion", key=faith_key)
-    faith = jobs.registry().find(faith_key)
-if faith is not None and faith.state == "done":
-    st.plotly_chart(plots.faithfulness_figure(faith.result), width="stretch", key="faith_plot")
+def render_faithfulness(scores: dict[str, saliency.Faithfulness]) -> None:
+    st.plotly_chart(plots.faithfulness_figure(scores), width="stretch", key="faith_plot")
     st.dataframe([{"method": label, "deletion AUC ↓": round(r.deletion_auc, 4), "insertion AUC ↑": round(r.insertion_auc, 4)}
-                  for label, r in faith.result.items()], hide_index=True)
-elif faith is not None and not faith.finished:
-    progress_panel([faith.id])
-elif faith is not None and faith.error:
-    st.error(faith.error)
+                  for label, r in scores.items()], hide_index=True)
+
+
+def faithfulness_key(subject: Subject, target: int, config: saliency.FaithfulnessConfig,
+                     finished: dict[str, saliency.Explanation]) -> str:
+    return "|".join(["faithfulness", subject.handle.name, subject.selection.digest, str(target),
+                     json.dumps(config.as_dict()),
+                     *[f"{m}:{json.dumps(r.config, sort_keys=True)}" for m, r in finished.items()]])
+
+
+def faithfulness_section(subject: Subject, target: int, finished: dict[str, saliency.Explanation]) -> None:
+    st.subheader("Faithfulness: deletion and insertion")
+    st.caption("Remove the most salient pixels first (deletion) or add them to a blurred copy first (insertion) and "
+               "watch the target probability (Petsiuk et al. 2018). A faithful map makes the deletion curve fall "
+               "fast (low AUC) and the insertion curve rise fast (high AUC).")
+    config, score = faithfulness_controls(len(finished))
+    key = faithfulness_key(subject, target, config, finished)
+    if score and finished:
+        start_job(key, saliency.score_maps, subject.handle, subject.tensor(),
+                  {result.label: result.saliency for result in finished.values()}, target, config,
+                  title="Deletion and insertion")
+    done = show_job(key, idle=None, cancelled="Cancelled. Press **Score the maps shown** to start again.")
+    if done is not None:
+        render_faithfulness(done.result)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    selection = ensure_frame()
+    handle = require_model(selection)
+    st.title("Saliency")
+    st.caption("Which parts of the image played the most important role in the network's decision? White-box "
+               "methods follow the gradient of the class score; black-box methods hide parts of the image and "
+               "watch the probability change. Each map explains one class.")
+    try:
+        ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    subject = Subject(handle, selection, cache.saliency_view(handle.name, selection.digest, selection.image_bytes),
+                      ranking)
+    offered = saliency.available_methods(handle)
+    preset_controls()
+    if len(offered) < len(saliency.METHODS):
+        st.info("This model has no convolutional layer with a spatial output, so the Grad-CAM methods are not offered.")
+    chosen = map_controls(subject, offered)
+    display = display_controls()
+    slow, run_slow = slow_controls()
+    grid_area, progress_area = st.container(), st.container()
+
+    st.subheader("Pixel saliency is class dependent")
+    st.caption("The same method for two classes of the same photo, on one colour scale.")
+    pair = pair_controls(subject, offered)
+
+    grid_requests = {method: map_request(method, chosen.target, chosen.layer, slow) for method in chosen.methods}
+    pair_requests = [map_request(pair.method, cls, chosen.layer, slow) for cls in (chosen.target, pair.second)]
+    outcomes = map_outcomes(subject, [*grid_requests.values(), *pair_requests], start_slow=run_slow,
+                            progress_area=progress_area)
+    grid = {method: outcomes[request] for method, request in grid_requests.items()}
+    with grid_area:
+        render_grid(subject, grid, display)
+    render_pair(subject, pair.method, [outcomes[request] for request in pair_requests], display)
+
+    finished = {method: outcome.result for method, outcome in grid.items() if outcome.result is not None}
+    faithfulness_section(subject, chosen.target, finished)
+
+
+main()

@@ -37,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_foundation import interleaved_medians, machine_description, render  # noqa: E402
 
-from engine import concepts as C  # noqa: E402
-from engine import dissection as D  # noqa: E402
+from engine import concepts, dissection, io  # noqa: E402
 from engine import models  # noqa: E402
 
 
@@ -80,12 +79,12 @@ def netdissect_lite(handle, data, layer, count, quantile=0.005, batch_size=32):
 def throughput(handle, data, layers, count, repeats) -> list[list]:
     rows = []
     for layer in layers:
-        config = D.DissectionConfig()
+        config = dissection.DissectionConfig()
         timings = interleaved_medians({
             "floor": lambda: pure_forward(handle, data, count),
-            "ours": lambda: D.dissect(handle, data, layer, config, use_cache=False),
+            "ours": lambda: dissection.dissect(handle, data, layer, config, use_cache=False),
         }, repeats=repeats, warmup=1)
-        result = D.dissect(handle, data, layer, config, use_cache=False)
+        result = dissection.dissect(handle, data, layer, config, use_cache=False)
         floor, ours = timings["floor"], timings["ours"]
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items() if k != "total")
         rows.append([layer, str(count), f"{1000 * count / floor:.1f}", f"{1000 * count / ours:.1f}",
@@ -104,18 +103,18 @@ def baseline(handle, data, layer, count, ours_per_image_ms) -> list[list]:
 def peak_rss(n: int) -> list[list]:
     code = (
         "import resource, time, json\n"
-        "from engine import concepts as C, dissection as D, models\n"
+        "from engine import concepts, dissection, models\n"
         "h = models.load_model('efficientnet_lite0', device='cpu')\n"
-        f"data = C.bundled_concepts({n}, size=112, mask_size=56)\n"
+        f"data = concepts.bundled_concepts({n}, size=112, mask_size=56)\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "t = time.perf_counter()\n"
-        "r = D.dissect(h, data, None, D.DissectionConfig(), use_cache=False)\n"
+        "r = dissection.dissect(h, data, None, dissection.DissectionConfig(), use_cache=False)\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'peak_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
         " 'before_kib': base, 'units': r.units, 'detectors': int(r.detectors.sum()), 'layer': r.layer}))\n")
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin", "GLASSBOX_DEVICE": "cpu", "PYTHONPATH": str(root),
-                              **({"GLASSBOX_CACHE": str(C.cache_root())})})
+                              **({"GLASSBOX_CACHE": str(io.cache_root())})})
     stats = json.loads(out.stdout.strip().splitlines()[-1])
     activations_gb = n * 1280 * 49 * 4 / 1e9
     return [[str(n), stats["layer"], f"{activations_gb:.1f}", f"{stats['before_kib'] / 1024:.0f}",
@@ -130,7 +129,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     handle = models.load_model("efficientnet_lite0", device="cpu")
     count = 300 if args.quick else 1000
-    data = C.bundled_concepts(count, size=224, mask_size=112)
+    data = concepts.bundled_concepts(count, size=224, mask_size=112)
     print(machine_description())
     rows = throughput(handle, data, ["_bn1", "_blocks.10"], count, repeats=1 if args.quick else 3)
     print(render(("Throughput: dissection against the layer's pure batched forward (bundled set, 224 px, masks 112)",

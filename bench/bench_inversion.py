@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import chelsea_on_lite0, interleaved_medians, machine_description, quick_markdown_args, render  # noqa: E402
 
 from engine import classify, images  # noqa: E402
-from engine import inversion as I  # noqa: E402
+from engine import inversion  # noqa: E402
 
 TIGER = 292
-ALL_TERMS = I.LossWeights(content=1e-6, style=1e-3, tv=1e-6, colour=1e-3)
+ALL_TERMS = inversion.LossWeights(content=1e-6, style=1e-3, tv=1e-6, colour=1e-3)
 
 
 def floor_pass(handle, x):
@@ -55,7 +55,7 @@ def forward_only(handle, x):
 
 
 def run(handle, x, steps, **config):
-    return I.invert(handle, x, TIGER, I.InversionConfig(steps=steps, snapshots=2, **config))
+    return inversion.invert(handle, x, TIGER, inversion.InversionConfig(steps=steps, snapshots=2, **config))
 
 
 class LucentModel(torch.nn.Module):
@@ -88,7 +88,7 @@ def per_iteration(handle, x, quick: bool) -> list[list]:
     cases = {
         "floor": lambda: floor_pass(handle, x),
         "forward": lambda: forward_only(handle, x),
-        "adam, classification only": lambda: run(handle, x, steps, optimizer="adam", weights=I.LossWeights()),
+        "adam, classification only": lambda: run(handle, x, steps, optimizer="adam", weights=inversion.LossWeights()),
         "adam, all five terms": lambda: run(handle, x, steps, optimizer="adam", weights=ALL_TERMS),
         "adam, all five terms, jitter 16": lambda: run(handle, x, steps, optimizer="adam", weights=ALL_TERMS, jitter=16),
         "gradient descent, all five terms": lambda: run(handle, x, steps, optimizer="gd", weights=ALL_TERMS),
@@ -121,25 +121,26 @@ def per_iteration(handle, x, quick: bool) -> list[list]:
 
 def _config_of(name: str) -> dict:
     config = {"optimizer": "adam" if name.startswith("adam") else "gd" if name.startswith("gradient") else "lbfgs",
-              "weights": I.LossWeights() if "only" in name else ALL_TERMS}
+              "weights": inversion.LossWeights() if "only" in name else ALL_TERMS}
     if "jitter" in name:
         config["jitter"] = 16
     return config
 
 
 def presets(handle, quick: bool) -> list[list]:
-    chosen = ["tiger-face", "brown-bear", "tiger-jitter"] if quick else list(I.PRESETS)
+    chosen = ["tiger-face", "brown-bear", "tiger-jitter"] if quick else list(inversion.PRESETS)
     rows = []
     x = classify.image_tensor(handle, images.load_sample("chelsea"))
     default_start = time.perf_counter()
-    default = I.invert(handle, x, TIGER)
+    default = inversion.invert(handle, x, TIGER)
     rows.append(["default (tiger row, no mask)", "L-BFGS", str(default.steps), str(default.evaluations),
                  f"{time.perf_counter() - default_start:.2f}", handle.class_names[default.final_class],
                  f"{default.final_probs[TIGER]:.3f}"])
     for name in chosen:
-        preset = I.PRESETS[name]
+        preset = inversion.PRESETS[name]
         start = time.perf_counter()
-        result = I.invert(handle, x, preset.target, preset.config(handle), mask=I.preset_mask(preset, handle.input_size))
+        mask = inversion.preset_mask(preset, handle.input_size)
+        result = inversion.invert(handle, x, preset.target, preset.config(handle), mask=mask)
         seconds = time.perf_counter() - start
         rows.append([preset.label, preset.optimizer, str(result.steps), str(result.evaluations), f"{seconds:.2f}",
                      handle.class_names[result.final_class], f"{result.final_probs[preset.target]:.3f}"])

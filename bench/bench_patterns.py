@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import interleaved_medians, machine_description, quick_markdown_args, render  # noqa: E402
 
 from engine import images, models  # noqa: E402
-from engine.patterns import networks as N  # noqa: E402
-from engine.patterns import training as T  # noqa: E402
-from engine.patterns.substrates import substrate_batch, to_tensor_pm1  # noqa: E402
+from engine.patterns import losses, networks, training  # noqa: E402
+from engine.patterns.substrates import substrate_batch, substrate_tensors  # noqa: E402
 
 CLASSES = (1, 340, 130, 290, 388)  # goldfish, zebra, flamingo, jaguar, giant panda
 
@@ -47,9 +46,9 @@ CLASSES = (1, 340, 130, 290, 388)  # goldfish, zebra, flamingo, jaguar, giant pa
 def generation_rows(repeats: int) -> list[list]:
     rows = []
     for size in (128, 256):
-        generator = N.Generator(len(CLASSES), size=size).eval()
-        substrate, _ = to_tensor_pm1(substrate_batch(1, size, seed=1))
-        tiles = N.tiled_class_input(torch.tensor([[1.0, 0.5, 0, 0, 0]]))
+        generator = networks.Generator(len(CLASSES), size=size).eval()
+        substrate, _ = substrate_tensors(substrate_batch(1, size, seed=1))
+        tiles = networks.tiled_class_input(torch.tensor([[1.0, 0.5, 0, 0, 0]]))
 
         def forward():
             with torch.inference_mode():
@@ -57,17 +56,16 @@ def generation_rows(repeats: int) -> list[list]:
 
         def with_png():
             y = forward()[0]
-            pixels = ((y.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-            return images.to_png_bytes(pixels)
+            return images.to_png_bytes(images.to_uint8(y, value_range=images.SIGNED))
 
         timings = interleaved_medians({"forward": forward, "png": with_png}, repeats=repeats, warmup=3)
         rows.append([str(size), f"{timings['forward']:.1f}", f"{timings['png']:.1f}"])
     return rows
 
 
-def pix2pix_step(trainer: T.Trainer):
+def pix2pix_step(trainer: training.Trainer):
     images_, _, target, rng = trainer.batch(0)
-    tiles = N.tiled_class_input(target, generator=rng)
+    tiles = networks.tiled_class_input(target, generator=rng)
     output = trainer.generator(images_, tiles)
     real, fake = trainer.discriminator(images_, images_), trainer.discriminator(images_, output.detach())
     d_loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
@@ -82,17 +80,17 @@ def pix2pix_step(trainer: T.Trainer):
     trainer.g_opt.step()
 
 
-def classifier_passes(trainer: T.Trainer):
+def classifier_passes(trainer: training.Trainer):
     images_, _, target, rng = trainer.batch(0)
     x = images_.clone().requires_grad_(True)
-    resized = T.class_probabilities(trainer.handle, x, trainer.classes, grayscale=True)
-    crops, _ = T.L.random_crops(x, count=3, generator=rng)
-    probs = T.class_probabilities(trainer.handle, crops.flatten(0, 1), trainer.classes, grayscale=True)
+    resized = training.class_probabilities(trainer.handle, x, trainer.classes, grayscale=True)
+    crops, _ = losses.random_crops(x, count=3, generator=rng)
+    probs = training.class_probabilities(trainer.handle, crops.flatten(0, 1), trainer.classes, grayscale=True)
     torch.autograd.grad(resized.sum() + probs.sum(), x)
 
 
 def training_rows(handle, repeats: int) -> list[list]:
-    trainer = T.Trainer(handle, T.TrainConfig(classes=CLASSES, model=handle.name, size=128, batch=2))
+    trainer = training.Trainer(handle, training.TrainConfig(classes=CLASSES, model=handle.name, size=128, batch=2))
     timings = interleaved_medians({
         "pix2pix": lambda: pix2pix_step(trainer),
         "classifier": lambda: classifier_passes(trainer),
@@ -106,17 +104,16 @@ def training_rows(handle, repeats: int) -> list[list]:
 
 
 def quality_report(path: Path | None = None, count: int = 20) -> None:
-    from engine.patterns import generate as G
-    from engine.patterns import quality as Q
+    from engine.patterns import generate, quality
 
-    path = (path or G.SHIPPED).resolve()
-    loaded = G.load_generator_file(path)
+    path = (path or generate.SHIPPED).resolve()
+    loaded = generate.load_generator_file(path)
     handle = models.load_model(loaded.model, device="cpu")
     print(f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}: "
           f"{loaded.size} px, {loaded.steps} steps against {loaded.model}; {count} held-out substrates per class")
     for second in ("efficientnet_lite1", "efficientnet_lite2"):
-        results = Q.evaluate(loaded, handle, models.load_model(second, device="cpu"), count=count)
-        print(Q.markdown_table(results, model=loaded.model, second=second, count=count))
+        results = quality.evaluate(loaded, handle, models.load_model(second, device="cpu"), count=count)
+        print(quality.markdown_table(results, model=loaded.model, second=second, count=count))
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,7 @@ efficientnet_lite0 (224 px), CPU, torch's default threads, the engine's allocato
   k + 1 such passes (the last one only checks), so ``per step = total / (k + 1)``.
 * **torchattacks PGD** -- the peer named in the issue, on the same model (normalisation in front)
   and image, eps 4/255, step 1/255, no random start; its steps per second next to ours (captum's
-  PGD through ``engine.relabel.attack``) and next to the floor.
+  PGD through the registry's ``pgd`` entry, ``engine.attacks.PGD``) and next to the floor.
 * **time to relabel** -- median wall time to relabel each bundled photo to random classes under the
   0.01 cap, and the success share.
 
@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_foundation import chelsea_on_lite0, interleaved_medians, machine_description, quick_markdown_args, render  # noqa: E402
 
-from engine import classify, images  # noqa: E402
-from engine import relabel as R  # noqa: E402
+from engine import attacks, classify, images, relabel  # noqa: E402
 
 
 def cross_entropy_pass(handle, x, target):
@@ -64,22 +63,22 @@ def per_step(handle, x, quick: bool) -> list[list]:
     import torchattacks
 
     steps = 10 if quick else 30
-    far = R.least_likely_class(handle, x)  # far away: the run uses every step it is given
-    config = R.RelabelConfig(cap=None, max_steps=steps)
+    far = attacks.least_likely_class(handle, x)  # far away: the run uses every step it is given
+    config = relabel.RelabelConfig(cap=None, max_steps=steps)
     peer = torchattacks.PGD(Normalized(handle), eps=4 / 255, alpha=1 / 255, steps=steps, random_start=False)
     label = torch.tensor([int(handle.probabilities(x)[0].argmax())])
-    ours_pgd = R.AttackConfig(epsilon=4, step=1, steps=steps)
+    ours_pgd = attacks.PGDConfig(epsilon=4, step=1, steps=steps)
     assert not handle.model.training
     timings = interleaved_medians({
         "floor": lambda: cross_entropy_pass(handle, x, far),
-        "relabel": lambda: R.relabel(handle, x, far, config),
-        "pgd_ours": lambda: R.attack(handle, x, "pgd", config=ours_pgd),
+        "relabel": lambda: relabel.relabel(handle, x, far, config),
+        "pgd_ours": lambda: attacks.PGD.run(handle, x, None, ours_pgd),
         "pgd_torchattacks": lambda: peer(x, label),
     }, repeats=3 if quick else 7, warmup=1)
     assert not handle.model.training, "a peer switched the shared model to training mode"
     floor = timings["floor"]
     rows = [["one forward+backward (floor)", f"{floor:.1f}", "1", "x1.00", "-"]]
-    taken = R.relabel(handle, x, far, config).steps  # deterministic: the timed runs took as many
+    taken = relabel.relabel(handle, x, far, config).steps  # deterministic: the timed runs took as many
     relabel_step = timings["relabel"] / (taken + 1)
     rows.append(["relabel step (ours)", f"{relabel_step:.1f}", f"{1000 / relabel_step:.1f}", f"x{relabel_step / floor:.2f}", "-"])
     ours = timings["pgd_ours"] / steps
@@ -99,7 +98,7 @@ def time_to_relabel(handle, quick: bool) -> list[list]:
         seconds, successes, steps = [], 0, []
         for target in targets:
             start = time.perf_counter()
-            result = R.relabel(handle, x, target, R.RelabelConfig(cap=0.01))
+            result = relabel.relabel(handle, x, target, relabel.RelabelConfig(cap=0.01))
             seconds.append(time.perf_counter() - start)
             successes += result.succeeded
             steps.append(result.steps)

@@ -85,7 +85,7 @@ def section_single(torch, handle, x, theirs, repeats):
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from engine import hooks
-    from engine import saliency as S
+    from engine import saliency
 
     layer = theirs[1].get_submodule(handle.default_layer)
     targets = [ClassifierOutputTarget(TARGET)]
@@ -93,8 +93,8 @@ def section_single(torch, handle, x, theirs, repeats):
     peer_cam = GradCAM(model=theirs, target_layers=[layer])
     construct_ms = 1000 * (time.perf_counter() - start)
     peer_campp = GradCAMPlusPlus(model=theirs, target_layers=[layer])
-    ours = {key: S.make_method(handle, key) for key in ("gradcam", "gradcampp", "guided", "gradient")}
-    cam_only = S.GradCAM(handle)
+    ours = {key: saliency.make_method(handle, key) for key in ("gradcam", "gradcampp", "guided", "gradient")}
+    cam_only = saliency.GradCAM(handle)
 
     def forward():
         with torch.inference_mode():
@@ -163,16 +163,16 @@ def section_batched(torch, handle, x, repeats):
     from captum.attr import Occlusion
 
     from engine import hooks
-    from engine import saliency as S
+    from engine import saliency
 
-    ig, occ, rise = S.IntegratedGradientsConfig(), S.OcclusionConfig(), S.RISEConfig()
+    ig, occ, rise = saliency.IntegratedGradientsConfig(), saliency.OcclusionConfig(), saliency.RISEConfig()
     size = x.shape[-1]
-    positions = len(S.occluder_positions(size, occ.patch, occ.stride)) ** 2
+    positions = len(saliency.occluder_positions(size, occ.patch, occ.stride)) ** 2
     occ_batches, rise_batches = math.ceil(positions / occ.batch_size), math.ceil(rise.masks / rise.batch_size)
     ig_passes = math.ceil(ig.steps / ig.batch_size)
     x32 = x.repeat(32, 1, 1, 1)
     x_ig = x.repeat(ig.batch_size, 1, 1, 1) * torch.linspace(0, 1, ig.batch_size).view(-1, 1, 1, 1)
-    ours = {key: S.make_method(handle, key) for key in ("ig", "occlusion", "rise")}
+    ours = {key: saliency.make_method(handle, key) for key in ("ig", "occlusion", "rise")}
     peer = Occlusion(lambda inp: handle.logits(inp).softmax(1))
     window = {"sliding_window_shapes": (3, occ.patch, occ.patch), "strides": (3, occ.stride, occ.stride),
               "baselines": 0.5, "target": TARGET}

@@ -1,13 +1,13 @@
 """Command line: ``python -m engine <command>`` runs the experiments headless.
 
     python -m engine classify IMAGE [--model NAME] [--top K] [--json]
-    python -m engine saliency IMAGE --method gradcam|gradcampp|guided|gradient|ig|occlusion|rise
-                              [--class ID] [--layer NAME] [--model NAME] --out DIR
-    python -m engine relabel IMAGE --target ID|NAME [--method relabel|fgsm|pgd|leastlikely] --out DIR
+    python -m engine saliency IMAGE --method KEY [--class ID] [--layer NAME] [--model NAME] --out DIR
+    python -m engine relabel IMAGE --target ID|NAME [--method KEY] --out DIR
     python -m engine invert IMAGE --target ID|NAME [--preset NAME] [--weights c,s,tv,col] [--mask PNG]
                             [--jitter 16] [--optimizer lbfgs|adam|gd] [--features LAYER] --out DIR
     python -m engine dissect --model M --layer L --concepts bundled|PATH [--n 2000] --out DIR
     python -m engine patterns train --classes goldfish zebra --steps N [--size 128] --out DIR [--resume]
+    python -m engine methods [--json]     # the saliency and attack registries: the KEYs above
     python -m engine models
 
 IMAGE is a file path or the name of a bundled sample (chelsea, coffee, ...). Later demo issues add
@@ -52,16 +52,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:
-    from . import plots, saliency
+    from . import io, plots, saliency
     from .jobs import tqdm_progress
 
     handle = models.load_model(args.model)
     image = read_image(args.image)
     view = classify.model_view(handle, image)
     target = handle.class_index(args.class_) if args.class_ is not None else None
-    if args.layer and not saliency.METHODS[args.method].uses_layer:
+    if args.layer and not saliency.method_class(args.method).uses_layer:
         raise GlassboxError(f"--layer only applies to the CAM methods, not to {args.method}.")
-    config = saliency.CAMConfig(layer=args.layer) if args.layer else None
+    config = saliency.config_from(args.method, {"layer": args.layer}) if args.layer else None
     with tqdm_progress(args.method) as progress:
         result = saliency.explain(handle, images.to_tensor(view, device=handle.device), args.method, target,
                                   config, progress)
@@ -73,11 +73,11 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     scale = plots.SIGNED_SCALE if result.signed else plots.UNSIGNED_SCALE
     overlay = plots.overlay_rgb(view, drawn, zmin=zmin, zmax=zmax, opacity=0.5, scale=scale)
     digest = images.image_digest(Path(args.image).read_bytes() if Path(args.image).is_file() else images.sample_bytes(args.image))
+    record = saliency.manifest(result, handle, image_sha256=digest, image_name=args.image)
     files = {f"{stem}.png": images.to_png_bytes(overlay), f"{stem}.npy": saliency.npy_bytes(result.saliency),
-             f"{stem}.json": json.dumps(saliency.manifest(result, handle, image_sha256=digest, image_name=args.image),
-                                        indent=2).encode()}
+             f"{stem}.json": io.manifest_json(record).encode()}
     for name, data in files.items():
-        (out / name).write_bytes(data)
+        io.write_bytes_atomic(out / name, data)
     print(f"{result.label} for '{result.target_label}' (class {result.target}) in {result.seconds:.2f} s")
     for name in files:
         print(f"  wrote {out / name}")
@@ -85,48 +85,36 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 
 def cmd_relabel(args: argparse.Namespace) -> int:
-    from . import relabel
+    from . import attacks, io, relabel
     from .jobs import tqdm_progress
 
     handle = models.load_model(args.model)
+    attack = attacks.get_attack(args.method)
+    if attack.needs_target and args.target is None:
+        raise GlassboxError(f"{attack.label} needs a --target class (an id or a name such as 'half track').")
     if args.image == "gaussian":  # sec. 3.2: image synthesis from noise
-        x = relabel.gaussian_start(handle.input_size, seed=0).to(handle.device)
-        view = images.to_uint8(x)
+        x, digest = relabel.gaussian_start(handle.input_size, seed=0).to(handle.device), None
     else:
-        view = classify.model_view(handle, read_image(args.image))
-        x = images.to_tensor(view, device=handle.device)
-    if args.method == "relabel" and args.target is None:
-        raise GlassboxError("Relabelling needs a --target class (an id or a name such as 'half track').")
-    target = handle.class_index(args.target) if args.target is not None and args.method != "leastlikely" else None
+        x = images.to_tensor(classify.model_view(handle, read_image(args.image)), device=handle.device)
+        path = Path(args.image)
+        digest = images.image_digest(path.read_bytes() if path.is_file() else images.sample_bytes(args.image))
+    config = attack.make_config(cap=args.cap, max_steps=args.steps, epsilon=args.epsilon)
+    with tqdm_progress(attack.key) as progress:
+        result = attack.run(handle, x, args.target, config, progress)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{Path(args.image).stem}_{args.method}"
-    if args.method == "relabel":
-        with tqdm_progress("relabel") as progress:
-            result = relabel.relabel(handle, x, target, relabel.RelabelConfig(cap=args.cap, max_steps=args.steps), progress)
-        record = {"steps": result.steps, "outcome": result.outcome, "target_prob": result.target_prob.tolist(),
-                  "original_prob": result.original_prob.tolist(), "top1": result.top1.tolist(),
-                  "distortion": result.distortion.tolist()}
-        pixels, final, summary = result.image, int(result.top1[-1]), f"{result.outcome} after {result.steps} steps"
-        distortion = float(result.distortion[-1])
-    else:
-        result = relabel.attack(handle, x, args.method, target, relabel.AttackConfig(epsilon=args.epsilon))
-        record = {"final_probs_top5": sorted(((float(p), i) for i, p in enumerate(result.final_probs)), reverse=True)[:5]}
-        pixels, final, distortion = result.image, result.final_class, result.distortion
-        summary = f"top-1 is now {handle.class_names[final]}"
-    manifest = {"glassbox": "relabel", "image": args.image, "model": handle.name, "method": args.method,
-                "target": None if target is None else {"id": target, "name": handle.class_names[target]},
-                "final_top1": {"id": final, "name": handle.class_names[final]}, "distortion_eq3": distortion,
-                "quality": relabel.image_quality(pixels, view), "config": result.config}
-    (out / f"{stem}.png").write_bytes(images.to_png_bytes(pixels))
-    (out / f"{stem}_steps.json").write_text(json.dumps(record, indent=2))
-    (out / f"{stem}_manifest.json").write_text(json.dumps(manifest, indent=2))
-    print(f"{args.method}: {summary}; distortion (eq. 3) {distortion:.5f}; wrote {out / (stem + '.png')}")
+    stem = f"{Path(args.image).stem}_{attack.key}"
+    io.write_bytes_atomic(out / f"{stem}.png", images.to_png_bytes(result.image))
+    io.write_json_atomic(out / f"{stem}_steps.json", attacks.step_log(result))
+    io.write_json_atomic(out / f"{stem}_manifest.json",
+                         attacks.manifest(result, handle, image_name=args.image, image_sha256=digest))
+    print(f"{attack.key}: {result.outcome} after {result.steps} steps, top-1 is now "
+          f"{handle.class_names[result.final_class]}; distortion (eq. 3) {result.final_distortion:.5f}; "
+          f"wrote {out / (stem + '.png')}")
     return 0
 
 
 def cmd_relabel_sweep(args: argparse.Namespace) -> int:
-    from . import relabel
+    from . import io, relabel
     from .jobs import tqdm_progress
 
     handle = models.load_model(args.model)
@@ -136,12 +124,11 @@ def cmd_relabel_sweep(args: argparse.Namespace) -> int:
         result = relabel.sweep(handle, named, args.targets, cap=args.cap, max_steps=args.steps, seed=args.seed,
                                progress=progress)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"model": handle.name, "cap": args.cap, "pairs": len(result.pairs), "success_rate": result.success_rate,
                "mean_distortion": result.mean_distortion, "steps_histogram": result.steps_histogram(),
                "paper": {"success_rate": relabel.PAPER_SUCCESS_RATE, "mean_distortion": relabel.PAPER_MEAN_DISTORTION},
                "pairs_detail": [dict(zip(("image", "target", "outcome", "steps", "distortion"), p)) for p in result.pairs]}
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2))
+    io.write_json_atomic(out / "sweep.json", summary)
     print(f"success {100 * result.success_rate:.1f} % of {len(result.pairs)} pairs (paper: 98.7 %); "
           f"mean distortion {result.mean_distortion:.5f} (paper: 0.00814); wrote {out / 'sweep.json'}")
     return 0
@@ -149,59 +136,75 @@ def cmd_relabel_sweep(args: argparse.Namespace) -> int:
 
 def cmd_invert(args: argparse.Namespace) -> int:
     from . import inversion
-    from .jobs import tqdm_progress
 
     handle = models.load_model(args.model)
-    view = classify.model_view(handle, read_image(args.image))
-    x = images.to_tensor(view, device=handle.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    x = images.to_tensor(classify.model_view(handle, read_image(args.image)), device=handle.device)
     stem = Path(args.image).stem
-    mask = None
     if args.features:
-        config = inversion.FeatureInversionConfig(layer=args.features, steps=args.steps or 200, jitter=args.jitter or 0)
-        with tqdm_progress("feature inversion") as progress:
-            result = inversion.invert_features(handle, x, config, progress=progress)
+        result, mask = _invert_features(args, handle, x), None
         stem += f"_features_{args.features}"
     else:
-        preset = inversion.PRESETS.get(args.preset) if args.preset else None
-        if args.preset and preset is None:
-            raise GlassboxError(f"No preset called '{args.preset}'; try one of {', '.join(inversion.PRESETS)}.")
-        target = args.target if args.target is not None else (preset.target if preset else None)
-        if target is None:
-            raise GlassboxError("Class inversion needs a --target class (an id or a name such as 'tiger') or a --preset.")
-        changes = {}
-        if args.weights:
-            changes["weights"] = inversion.LossWeights.from_paper(*parse_weights(args.weights), std=handle.spec.std)
-        if args.snapshots:
-            changes["snapshots"] = parse_snapshots(args.snapshots)
-        for name in ("jitter", "optimizer", "steps", "start"):
-            if getattr(args, name) is not None:
-                changes[name] = getattr(args, name)
-        if "jitter" in changes and changes["jitter"] and "optimizer" not in changes:
-            changes["optimizer"] = "adam"  # L-BFGS cannot take jitter
-        config = preset.config(handle, **changes) if preset else inversion.InversionConfig(**changes)
-        if args.mask:
-            mask = inversion.mask_from_pixels(np.asarray(read_image(args.mask).convert("L")), handle.input_size)
-        elif preset is not None:
-            mask = inversion.preset_mask(preset, handle.input_size)
-        with tqdm_progress("inversion") as progress:
-            result = inversion.invert(handle, x, target, config, mask=mask, progress=progress)
+        result, mask = _invert_class(args, handle, x)
         stem += f"_{handle.class_names[result.target].replace(' ', '_')}"
-    (out / f"{stem}.png").write_bytes(images.to_png_bytes(result.image))
-    for step, pixels in result.snapshots:
-        (out / f"{stem}_step{step:04d}.png").write_bytes(images.to_png_bytes(pixels))
-    (out / f"{stem}_losses.csv").write_text(inversion.loss_log_csv(result))
     record = inversion.manifest(result, handle, image_name=args.image, preset=args.preset,
                                 mask_pixels=None if mask is None else int(mask.sum()))
-    (out / f"{stem}_manifest.json").write_text(json.dumps(record, indent=2))
+    final_png = inversion.write_run(result, record, args.out, stem)
     final = handle.class_names[result.final_class]
     detail = "" if result.target is None else f", p({handle.class_names[result.target]}) = {record['final_target_prob']:.3f}"
     print(f"{result.outcome} after {result.steps} steps ({result.evaluations} forward+backward passes): "
-          f"top-1 is {final}{detail}; wrote {out / (stem + '.png')} and {len(result.snapshots)} snapshots")
+          f"top-1 is {final}{detail}; wrote {final_png} and {len(result.snapshots)} snapshots")
     if result.message:
         print(result.message)
     return 0
+
+
+def _invert_features(args: argparse.Namespace, handle, x):
+    """Mahendran & Vedaldi's feature inversion of ``--features LAYER``."""
+    from . import inversion
+    from .jobs import tqdm_progress
+
+    config = inversion.FeatureInversionConfig(layer=args.features, steps=args.steps or 200, jitter=args.jitter or 0)
+    with tqdm_progress("feature inversion") as progress:
+        return inversion.invert_features(handle, x, config, progress=progress)
+
+
+def _invert_class(args: argparse.Namespace, handle, x):
+    """Class inversion from ``--target`` or a ``--preset`` (its weights, mask and optimiser), with the
+    flags' changes on top. Returns (result, mask)."""
+    from . import inversion
+    from .jobs import tqdm_progress
+
+    preset = inversion.PRESETS.get(args.preset) if args.preset else None
+    if args.preset and preset is None:
+        raise GlassboxError(f"No preset called '{args.preset}'; try one of {', '.join(inversion.PRESETS)}.")
+    target = args.target if args.target is not None else (preset.target if preset else None)
+    if target is None:
+        raise GlassboxError("Class inversion needs a --target class (an id or a name such as 'tiger') or a --preset.")
+    changes = _invert_changes(args, handle)
+    config = preset.config(handle, **changes) if preset else inversion.InversionConfig(**changes)
+    if args.mask:
+        mask = inversion.mask_from_pixels(np.asarray(read_image(args.mask).convert("L")), handle.input_size)
+    else:
+        mask = inversion.preset_mask(preset, handle.input_size) if preset is not None else None
+    with tqdm_progress("inversion") as progress:
+        return inversion.invert(handle, x, target, config, mask=mask, progress=progress), mask
+
+
+def _invert_changes(args: argparse.Namespace, handle) -> dict:
+    """The InversionConfig fields the flags set (jitter without --optimizer means Adam: L-BFGS cannot take it)."""
+    from . import inversion
+
+    changes = {}
+    if args.weights:
+        changes["weights"] = inversion.LossWeights.from_paper(*parse_weights(args.weights), std=handle.spec.std)
+    if args.snapshots:
+        changes["snapshots"] = parse_snapshots(args.snapshots)
+    for name in ("jitter", "optimizer", "steps", "start"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if changes.get("jitter") and "optimizer" not in changes:
+        changes["optimizer"] = "adam"
+    return changes
 
 
 def parse_snapshots(text: str) -> int | tuple[int, ...]:
@@ -224,25 +227,24 @@ def parse_weights(text: str) -> tuple[float, float, float, float]:
 
 
 def cmd_dissect(args: argparse.Namespace) -> int:
-    from . import concepts as C
-    from . import dissection as D
+    from . import concepts, dissection, io
     from .jobs import tqdm_progress
 
     handle = models.load_model(args.model)
     with tqdm_progress("concepts") as progress:
         if args.concepts == "bundled":
-            data = C.bundled_concepts(args.n, size=args.size, mask_size=args.size // 2, progress=progress)
+            data = concepts.bundled_concepts(args.n, size=args.size, mask_size=args.size // 2, progress=progress)
         else:
-            data = C.open_concepts(args.concepts, size=args.size, progress=progress)
-    config = D.DissectionConfig(quantile=args.quantile, iou_threshold=args.iou,
-                                max_images=args.n if args.concepts != "bundled" else None)
+            data = concepts.open_concepts(args.concepts, size=args.size, progress=progress)
+    config = dissection.DissectionConfig(quantile=args.quantile, iou_threshold=args.iou,
+                                         max_images=args.n if args.concepts != "bundled" else None)
     with tqdm_progress("dissect") as progress:
-        result = D.dissect(handle, data, args.layer, config, progress=progress)
+        result = dissection.dissect(handle, data, args.layer, config, progress=progress)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"dissection_{handle.name}_{result.layer}".replace("/", "_")
-    (out / f"{stem}.csv").write_text(result.csv())
-    (out / f"{stem}.html").write_text(D.html_summary(result))
+    io.write_text_atomic(out / f"{stem}.csv", result.csv())
+    io.write_text_atomic(out / f"{stem}.html", dissection.html_summary(result))
     print(result.summary())
     for category, by_concept in sorted(result.detector_counts().items()):
         top = ", ".join(f"{name} {n}" for name, n in sorted(by_concept.items(), key=lambda kv: -kv[1])[:6])
@@ -254,6 +256,22 @@ def cmd_dissect(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     for spec in models.list_models(include_test=True):
         print(f"{spec.name:<22} {spec.label}  — {spec.note}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Every registered saliency method and attack, from the registries themselves."""
+    from . import attacks, saliency
+
+    listing = {"saliency": saliency.describe(), "attacks": attacks.describe()}
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    for family, entries in listing.items():
+        print(f"{family}:")
+        for entry in entries:
+            fields = ", ".join(f"{f['name']}={f['default']!r}" for f in entry["fields"])
+            print(f"  {entry['key']:<14} {entry['label']}  ({fields})")
     return 0
 
 
@@ -272,9 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="how many classes (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_classify)
+    from .saliency import METHODS as SALIENCY_METHODS
+
     p = commands.add_parser("saliency", help="a saliency map of an image: overlay PNG, .npy and JSON manifest")
     p.add_argument("image", help="image file, or a sample name such as chelsea")
-    p.add_argument("--method", required=True, choices=["gradcam", "gradcampp", "guided", "gradient", "ig", "occlusion", "rise"])
+    p.add_argument("--method", required=True, choices=list(SALIENCY_METHODS),
+                   help="; ".join(f"{key}: {cls.label}" for key, cls in SALIENCY_METHODS.items()))
     p.add_argument("--class", dest="class_", help="class id or name to explain (default: the top-1 class)")
     p.add_argument("--layer", help="layer for the CAM methods (default: the model's last feature map)")
     p.add_argument("--model", default=models.DEFAULT_MODEL, help=f"model name (default {models.DEFAULT_MODEL})")
@@ -283,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("relabel", help="make an image take another label (Robinson & Graham 2015), or FGSM/PGD")
     p.add_argument("image", help="image file, a sample name such as chelsea, or 'gaussian' (sec. 3.2: start from noise)")
     p.add_argument("--target", help="class id or name (not needed for leastlikely)")
-    p.add_argument("--method", default="relabel", choices=["relabel", "fgsm", "pgd", "leastlikely"])
+    from .attacks import ATTACKS, Relabel
+
+    p.add_argument("--method", default=Relabel.key, choices=list(ATTACKS),
+                   help="an attack from the registry (engine.attacks): " + ", ".join(ATTACKS))
     p.add_argument("--cap", type=float, default=0.01, help="largest distortion, eq. 3 (relabel only)")
     p.add_argument("--steps", type=int, default=300, help="step limit (relabel only)")
     p.add_argument("--epsilon", type=int, default=4, help="L-inf radius in 8-bit levels (fgsm, pgd, leastlikely)")
@@ -329,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_patterns_parser(commands)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
+    p = commands.add_parser("methods", help="the saliency methods and attacks, with their settings (from the registries)")
+    p.add_argument("--json", action="store_true", help='print {"saliency": [...], "attacks": [...]} as JSON')
+    p.set_defaults(run=cmd_methods)
     return parser
 
 

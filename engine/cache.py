@@ -37,11 +37,263 @@ def explanation(model_name: str, digest: str, _data: bytes, method: str, target:
     """A fast saliency method's map (the slow ones run as jobs). ``config_key`` is the config as JSON."""
     import json
 
-    from PIL import Image
-
     from . import saliency
 
     handle = get_handle(model_name)
-    view = classify.model_view(handle, Image.fromarray(decoded_image(digest, _data)))
-    config = saliency.METHODS[method].Config(**json.loads(config_key))
+    config = saliency.method_class(method).Config(**json.loads(config_key))
+    view = saliency_view(model_name, digest, _data)
     return saliency.explain(handle, images.to_tensor(view, device=handle.device), method, target, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Relabel and attacks (pages/relabel)
+# A run's start image is named by its digest and bytes; no bytes means sec. 3.2's Gaussian image.
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def relabel_start(model_name: str, digest: str, _data: bytes | None) -> np.ndarray:
+    """The image a relabel run starts from, as the model sees it (uint8): the photo's square crop,
+    or, with no bytes, the Gaussian image of sec. 3.2 (``digest`` names it, e.g. gaussian-seed-0)."""
+    from PIL import Image
+
+    from . import relabel
+
+    handle = get_handle(model_name)
+    if _data is None:
+        return images.to_uint8(relabel.gaussian_start(handle.input_size, seed=relabel.GAUSSIAN_SEED))
+    return classify.model_view(handle, Image.fromarray(decoded_image(digest, _data)))
+
+
+def _relabel_input(model_name: str, digest: str, data: bytes | None):
+    handle = get_handle(model_name)
+    return handle, images.to_tensor(relabel_start(model_name, digest, data), device=handle.device)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def relabel_ranking(model_name: str, digest: str, _data: bytes | None) -> models.Prediction:
+    """Every class of the start image, most likely first."""
+    handle, x = _relabel_input(model_name, digest, _data)
+    return handle.classify(x, top_k=handle.num_classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attack_target(model_name: str, digest: str, _data: bytes | None, attack_key: str) -> int:
+    """The target an attack picks for itself on the start image (least-likely: the argmin class)."""
+    from . import attacks
+
+    handle, x = _relabel_input(model_name, digest, _data)
+    return attacks.get_attack(attack_key).choose_target(handle, x, None)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def relabel_first_gradients(model_name: str, digest: str, _data: bytes | None,
+                            target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fig. 3: the first step's raw gradient and its sign on the start image."""
+    from . import relabel
+
+    handle, x = _relabel_input(model_name, digest, _data)
+    return relabel.first_gradients(handle, x, target)
+
+
+@st.cache_data(show_spinner="Checking the limits…", max_entries=64)
+def relabel_limit_checks(model_name: str, second_name: str, digest: str, _relabelled: np.ndarray, target: int,
+                         original_class: int) -> list:
+    """Sec. 3.1's limits of a relabelled image (``digest`` is its pixels' sha256): crop, shift and
+    mirror on this model, and the image untouched on ``second_name``."""
+    from . import relabel
+
+    return relabel.limit_checks(get_handle(model_name), _relabelled, target, original_class, get_handle(second_name))
+# (end of relabel section)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saliency
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def saliency_view(model_name: str, digest: str, _data: bytes) -> np.ndarray:
+    """The square crop the model sees (uint8, input size), which every saliency map explains."""
+    from PIL import Image
+
+    return classify.model_view(get_handle(model_name), Image.fromarray(decoded_image(digest, _data)))
+# (end of saliency section)
+
+
+# ---------------------------------------------------------------------------------------------
+# Class inversion
+
+INVERSION_MASKS_KEPT = 32  # painted/uploaded masks remembered by digest (about 200 kB each at 224 px)
+
+
+class _MaskStore:
+    """Painted and uploaded inversion masks by digest, newest last, at most INVERSION_MASKS_KEPT.
+
+    A mask cannot live in a link; its digest can. A reload (or a second tab) on the same server
+    finds the mask by the digest in its link; after a server restart it is gone and the page says so.
+    """
+
+    def __init__(self) -> None:
+        import collections
+        import threading
+
+        self._masks: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, digest: str, mask: np.ndarray) -> None:
+        with self._lock:
+            if digest not in self._masks:
+                kept = np.array(mask, dtype=np.float32)
+                kept.setflags(write=False)
+                self._masks[digest] = kept
+            self._masks.move_to_end(digest)
+            while len(self._masks) > INVERSION_MASKS_KEPT:
+                self._masks.popitem(last=False)
+
+    def get(self, digest: str) -> np.ndarray | None:
+        with self._lock:
+            return self._masks.get(digest)
+
+
+@st.cache_resource(show_spinner=False)
+def _inversion_masks() -> _MaskStore:
+    return _MaskStore()
+
+
+def remember_inversion_mask(mask: np.ndarray) -> str:
+    """Keep a painted/uploaded mask for reloads; returns its digest (the name a link carries)."""
+    from . import inversion
+
+    digest = inversion.mask_digest(mask)
+    _inversion_masks().put(digest, mask)
+    return digest
+
+
+def recall_inversion_mask(digest: str | None) -> np.ndarray | None:
+    """The mask remembered under ``digest``, or None (never seen, pushed out, or the server restarted)."""
+    return _inversion_masks().get(digest) if digest else None
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def inversion_view(model_name: str, digest: str, _data: bytes) -> np.ndarray:
+    """The square uint8 view the model sees of the image (what inversion starts from)."""
+    from PIL import Image
+
+    return classify.model_view(get_handle(model_name), Image.fromarray(decoded_image(digest, _data)))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def inversion_shape_mask(shape: str, size: int, box: tuple[float, float, float, float]) -> np.ndarray:
+    """An ellipse or rectangle mask (sec. 2.3) at the model's size."""
+    from . import inversion
+
+    return inversion.shape_mask(shape, size, box)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def inversion_after(model_name: str, job_id: str, _pixels: np.ndarray) -> models.Prediction:
+    """The top-5 classes of a finished run's final image (the job id names the result)."""
+    handle = get_handle(model_name)
+    return handle.classify(images.to_tensor(_pixels, device=handle.device))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def inversion_downloads(model_name: str, job_id: str, image_name: str, stem: str, preset: str | None,
+                        mask_pixels: int | None, _result) -> dict[str, bytes | str]:
+    """A finished run's downloads (final PNG, snapshots ZIP, loss CSV, manifest JSON), built once per job."""
+    from . import io, inversion
+
+    record = inversion.manifest(_result, get_handle(model_name), image_name=image_name, preset=preset,
+                                mask_pixels=mask_pixels)
+    return {"png": images.to_png_bytes(_result.image), "zip": inversion.snapshots_zip(_result, stem),
+            "csv": inversion.loss_log_csv(_result), "json": io.manifest_json(record)}
+# (end of inversion section)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dissection
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def concept_set(spec: str, n: int | None = None, size: int | None = None):
+    """A concept set, opened once per process: ``"bundled"`` draws (or reads from disk) ``n`` images
+    of ``size`` px with masks at half; a folder (Broden, or images/ + masks/) is checked and read
+    at its own sizes (``n`` and ``size`` are not used)."""
+    from . import concepts
+
+    if spec == "bundled":
+        return concepts.bundled_concepts(n, size=size, mask_size=size // 2)
+    return concepts.open_concepts(spec)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def unit_maps_on_set(model_name: str, spec: str, n: int | None, size: int | None, dataset_key: str, layer: str,
+                     unit: int, indices: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``indices`` of a concept set fitted to the model's input, and one unit's activation map on
+    each (upsampled): ``(N, S, S, 3)`` uint8 and ``(N, S, S)`` float32. ``dataset_key`` (the set's
+    content key) names the pictures, so a changed folder is not served from the cache."""
+    from . import dissection
+
+    handle = get_handle(model_name)
+    data = concept_set(spec, n, size)
+    pictures = np.stack([images.fit_square(data.sample(i).image, handle.input_size) for i in indices])
+    maps = dissection.unit_maps_on(handle, list(pictures), layer, unit)
+    return pictures, np.stack(maps).astype(np.float32)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def unit_map_on_image(model_name: str, digest: str, _data: bytes, layer: str, unit: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The image as the model sees it (uint8) and one unit's activation map on it (float32, same size)."""
+    from PIL import Image
+
+    from . import dissection
+
+    handle = get_handle(model_name)
+    view = classify.model_view(handle, Image.fromarray(decoded_image(digest, _data)))
+    return view, dissection.unit_maps_on(handle, [view], layer, unit)[0].astype(np.float32)
+# (end of dissection section)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patterns
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def pattern_generator_file(path: str, stamp: int):
+    """A pattern generator (or a run's checkpoint) on disk, loaded once per path and modification time
+    (``stamp``, ns): a run that saves a newer checkpoint is read again."""
+    from pathlib import Path
+
+    from .patterns import generate
+
+    return generate.load_generator_file(Path(path))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def pattern_generator_upload(digest: str, name: str, _data: bytes):
+    """An uploaded pattern generator, keyed by the sha256 of its bytes (``name`` is for sentences)."""
+    from .patterns import generate
+
+    return generate.load_generator_bytes(_data, name)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def generated_patterns(generator_id: str, _loaded, substrate_digest: str, _substrate: np.ndarray, size: int,
+                       mix: tuple[tuple[int, float], ...], seed: int):
+    """The Patterns page's N + 1 generator passes (the mix, and every class alone), as numpy.
+
+    Keyed by the generator's identity (path and modification time, or the upload's digest), the
+    substrate's digest, the mix (class index -> weight), the size and the noise seed.
+    """
+    from .patterns import generate
+
+    return generate.generate_all(_loaded, _substrate, dict(mix), seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def pattern_prediction(model_name: str, digest: str, _picture: np.ndarray, grey: bool) -> models.Prediction:
+    """The classifier's top 5 on a pattern (uint8), in grey when ``grey``; ``digest`` keys the pixels."""
+    from .patterns import generate
+
+    return generate.classify_pattern(get_handle(model_name), _picture, grayscale=grey)
+# (end of patterns section)

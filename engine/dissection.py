@@ -33,19 +33,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
-from typing import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, DatasetError
 from .hooks import capture
+from .images import to_tensor
+from .io import atomic_path, cache_root
 from .models import LayerInfo, ModelHandle
 from .progress import Progress, report
 
@@ -244,19 +246,10 @@ class TopImages:
 
 
 def spatial_layer(handle: ModelHandle, layer: str | None) -> LayerInfo:
-    """The layer to dissect, with a sentence when it has no spatial output."""
-    name = layer or handle.default_layer
-    if name is None:
+    """The layer to dissect (:meth:`ModelHandle.layer`), with a sentence when there is none."""
+    if not layer and handle.default_layer is None:
         raise ConfigError("This model has no layer with a spatial output, so there is nothing to dissect.")
-    known = {info.name: info for info in handle.layers}
-    if name not in known:
-        try:
-            handle.module(name)
-        except Exception as error:  # noqa: BLE001 -- an unknown name gets the model's own sentence
-            raise ConfigError(f"This model has no layer called '{name}'.") from error
-        raise ConfigError(f"Layer '{name}' has no spatial output (no height x width map), so its units cannot be "
-                          "compared with masks; pick a convolutional layer.")
-    return known[name]
+    return handle.layer(layer)
 
 
 def check_enough_images(images: int, info: LayerInfo, quantile: float) -> None:
@@ -280,7 +273,7 @@ def layer_activations(handle: ModelHandle, concepts, info: LayerInfo, *, count: 
     largest = RunningTop(values_to_keep(count * info.height * info.width, quantile))
     done = 0
     for images, _ in concepts.batches(batch_size, 0, count):
-        x = torch.from_numpy(images).to(handle.device).permute(0, 3, 1, 2).float().div_(255)
+        x = to_tensor(images, device=handle.device)
         if x.shape[-1] != handle.input_size:
             x = F.interpolate(x, size=(handle.input_size, handle.input_size), mode="bilinear", align_corners=False,
                               antialias=True)
@@ -406,8 +399,6 @@ def result_key(handle: ModelHandle, layer: str, concepts, config: DissectionConf
 
 
 def cache_dir() -> Path:
-    from .concepts import cache_root
-
     return cache_root() / "dissection"
 
 
@@ -476,15 +467,13 @@ def dissect(handle: ModelHandle, concepts, layer: str | None = None, config: Dis
 
 
 def save_result(result: DissectionResult, path: Path) -> None:
-    """Atomically: a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomically (:func:`engine.io.atomic_path`): a reader sees the old file or the whole new one."""
     meta = {k: getattr(result, k) for k in ("model", "layer", "dataset", "dataset_key", "images", "concept_names",
                                             "concept_categories", "config", "seconds")}
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
-        np.savez_compressed(handle, thresholds=result.thresholds, iou=result.iou, intersections=result.intersections,
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez_compressed(file, thresholds=result.thresholds, iou=result.iou, intersections=result.intersections,
                             unions=result.unions, top_images=result.top_images, top_values=result.top_values,
                             meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
-    os.replace(handle.name, path)
 
 
 def load_result(path: Path) -> DissectionResult:
@@ -514,8 +503,7 @@ def unit_maps(handle: ModelHandle, x: torch.Tensor, layer: str, unit: int) -> np
 
 def unit_maps_on(handle: ModelHandle, pictures: list[np.ndarray], layer: str, unit: int) -> list[np.ndarray]:
     """:func:`unit_maps` for uint8 H x W x 3 pictures already at the model's input size."""
-    x = torch.stack([torch.from_numpy(np.ascontiguousarray(p)).permute(2, 0, 1) for p in pictures]).float() / 255
-    return list(unit_maps(handle, x, layer, unit))
+    return list(unit_maps(handle, to_tensor(np.stack(pictures)), layer, unit))
 
 
 def html_summary(result: DissectionResult) -> str:

@@ -39,6 +39,7 @@ def atomic_path(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     temporary = Path(name)
+    os.chmod(temporary, 0o644)  # mkstemp makes it private (0600); a result file is an ordinary file
     try:
         yield temporary
         os.replace(temporary, path)
@@ -103,9 +104,8 @@ def find_name(wanted: str, names: Sequence[str], *, what: str, error: Callable[[
             return hits[0]
         if hits:
             shown = ", ".join(names[i] for i in hits[:5])
-            raise error(f"'{wanted}' matches several {what}es ({shown}, ...); please give more of it."
-                        if what.endswith("s") else
-                        f"'{wanted}' matches several {what}s ({shown}, ...); please give more of it.")
+            plural = f"{what}es" if what.endswith("s") else f"{what}s"
+            raise error(f"The name '{wanted}' matches several {plural} ({shown}, ...); please give more of it.")
     close = difflib.get_close_matches(key, folded, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(names[folded.index(c)] for c in close)}?" if close else ""
     raise error(f"There is no {what} called '{wanted}'.{hint}")

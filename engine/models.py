@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, ModelError
+from .io import find_name
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,13 +110,26 @@ class ModelHandle:
     model: nn.Module
     device: torch.device
     class_names: tuple[str, ...]
-    layers: tuple[LayerInfo, ...] = ()
-    default_layer: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _layers: tuple[LayerInfo, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
+
+    @property
+    def layers(self) -> tuple[LayerInfo, ...]:
+        """Every module with a spatial output, found by one probe forward pass on first use (the
+        Classify page never needs it, so a cold start does not pay for it)."""
+        if self._layers is None:
+            with self.lock:
+                if self._layers is None:
+                    self._layers = probe_layers(self.model, self.input_size, self.device)
+        return self._layers
+
+    @property
+    def default_layer(self) -> str | None:
+        return default_cam_layer(self.layers)
 
     @property
     def name(self) -> str:
@@ -166,22 +180,7 @@ class ModelHandle:
             if 0 <= index < self.num_classes:
                 return index
             raise ConfigError(f"Class {index} does not exist; this model has classes 0 to {self.num_classes - 1}.")
-        wanted = str(which).strip().lower()
-        exact = [i for i, n in enumerate(self.class_names) if n.lower() == wanted]
-        if exact:
-            return exact[0]
-        partial = [i for i, n in enumerate(self.class_names) if wanted and wanted in n.lower()]
-        if len(partial) == 1:
-            return partial[0]
-        if partial:
-            shown = ", ".join(self.class_names[i] for i in partial[:5])
-            raise ConfigError(f"'{which}' matches several classes ({shown}, ...); please be more specific.")
-        import difflib
-
-        close = difflib.get_close_matches(wanted, [n.lower() for n in self.class_names], n=3, cutoff=0.6)
-        lookup = {n.lower(): n for n in self.class_names}
-        hint = f" Did you mean {', '.join(lookup[c] for c in close)}?" if close else ""
-        raise ConfigError(f"This model has no class called '{which}'.{hint}")
+        return find_name(str(which).strip(), self.class_names, what="class", error=ConfigError, substring=True)
 
     def layer(self, name: str | None) -> LayerInfo:
         """The spatial layer called ``name`` (the default layer when None)."""
@@ -242,8 +241,24 @@ def describe_device(device: torch.device) -> str:
 
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[str, ...]:
-    """The 1000 ImageNet class names from torchvision's weights metadata (no download)."""
-    from torchvision.models import ResNet50_Weights
+    """The 1000 ImageNet class names from torchvision's weights metadata (no download).
+
+    Read from torchvision's ``models/_meta.py`` as a literal, without importing torchvision: the
+    import costs about a second of every cold start, and the Classify page needs only the names.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    source = Path(spec.origin).parent / "models" / "_meta.py" if spec and spec.origin else None
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_IMAGENET_CATEGORIES" for t in node.targets):
+                return tuple(ast.literal_eval(node.value))
+    except (AttributeError, OSError, SyntaxError, ValueError):
+        pass
+    from torchvision.models import ResNet50_Weights  # the metadata moved: ask torchvision itself
 
     return tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
 
@@ -347,9 +362,7 @@ def make_handle(spec: ModelSpec, model: nn.Module, classes: Sequence[str], devic
     model = model.eval().to(device)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    layers = probe_layers(model, spec.input_size, device)
-    return ModelHandle(spec=spec, model=model, device=device, class_names=tuple(classes),
-                       layers=layers, default_layer=default_cam_layer(layers))
+    return ModelHandle(spec=spec, model=model, device=device, class_names=tuple(classes))
 
 
 def build_architecture(arch: str, num_classes: int = 1000) -> nn.Module:

@@ -19,21 +19,26 @@ Each step is exactly one forward and one backward pass to the image: the forward
 the step's record (target probability, top-1) is the one the gradient comes from.
 
 Beyond the paper: when the next full step would pass the distortion cap, the default
-``at_cap="fit"`` takes the part of it that fits (see :func:`_fit_under_cap`); ``at_cap="stop"`` is
+``at_cap="fit"`` takes the part of it that fits (see :func:`fit_under_cap`); ``at_cap="stop"`` is
 the paper's plain stop. On the bundled model the sweep went from 86 % to 100 % of pairs.
+
+The loop of eq. 1-2 is the ``relabel`` entry of the attack registry (:class:`engine.attacks.Relabel`,
+built from the pieces here); :func:`relabel` runs it. This module keeps the paper's experiments:
+eq. 3, the limits, the sweep, the Gaussian start, Fig. 1's difference and Fig. 3's gradients.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .images import quantize
+from .images import fit_square, quantize, to_tensor
 from .models import ModelHandle
 from .progress import Progress, report
 
@@ -92,90 +97,47 @@ class RelabelConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
-
-@dataclass(frozen=True)
-class RelabelResult:
-    """The relabelled image and the record of every step (plain numbers, cacheable)."""
-
-    image: np.ndarray  # H x W x 3 uint8: exactly what the model classified at the end
-    target: int
-    original_class: int
-    outcome: str  # "relabelled" | "cap reached" | "step limit reached"
-    steps: int
-    target_prob: np.ndarray  # (steps + 1,) before each step and at the end
-    original_prob: np.ndarray
-    top1: np.ndarray
-    distortion: np.ndarray
-    config: dict
-
-    @property
-    def succeeded(self) -> bool:
-        return self.outcome == "relabelled"
+    def check(self) -> None:
+        if self.alpha < 1 or self.max_steps < 0:
+            raise ConfigError("The step size must be at least 1 level and the step limit not negative.")
+        if self.step not in ("sign", "raw"):
+            raise ConfigError(f"Unknown step '{self.step}'; use sign or raw.")
+        if self.at_cap not in ("fit", "stop"):
+            raise ConfigError(f"Unknown at_cap '{self.at_cap}'; use fit or stop.")
+        if self.cap is not None and self.cap <= 0:
+            raise ConfigError("The distortion cap must be above 0 (or None for no cap).")
 
 
-def _done(probs: torch.Tensor, target: int, confidence: float | None) -> bool:
-    top1 = int(probs.argmax())
-    return top1 == target and (confidence is None or float(probs[target]) >= confidence)
-
-
-def relabel(handle: ModelHandle, x: torch.Tensor, target: int, config: RelabelConfig = RelabelConfig(),
-            progress: Progress | None = None, observer: list | None = None) -> RelabelResult:
+def relabel(handle: ModelHandle, x: torch.Tensor, target: int | str, config: RelabelConfig = RelabelConfig(),
+            progress: Progress | None = None, observer=None):
     """Eq. 1-2 until the target is top-1 (and confident enough), the cap or the step limit.
 
-    The step that would pass the distortion cap is not taken: the result always respects it.
-    ``observer``, if given, receives each step's record as it happens.
+    The ``relabel`` entry of the attack registry (:class:`engine.attacks.Relabel`); returns its
+    :class:`engine.attacks.AttackResult`. ``observer``, if given, receives each step's record.
     """
-    if x.ndim != 4 or x.shape[0] != 1:
-        raise ConfigError("Relabelling works on one image at a time, shape (1, 3, H, W).")
-    target = handle.class_index(target)
-    if config.alpha < 1 or config.max_steps < 0:
-        raise ConfigError("The step size must be at least 1 level and the step limit not negative.")
-    if config.step not in ("sign", "raw"):
-        raise ConfigError(f"Unknown step '{config.step}'; use sign or raw.")
-    original = quantize(x.detach().to(handle.device, torch.float32))
-    current = original.clone()
-    labels = torch.tensor([target], device=handle.device)
-    records: dict[str, list] = {"target": [], "original": [], "top1": [], "distortion": []}
-    original_class = None
-    outcome, step = "step limit reached", 0
-    while True:
-        image = current.clone().requires_grad_(True)
-        with torch.enable_grad():
-            logits = handle.logits(image)
-            loss = F.cross_entropy(logits, labels)
-            (gradient,) = torch.autograd.grad(loss, image)
-        probs = logits.detach().softmax(1)[0]
-        original_class = int(probs.argmax()) if original_class is None else original_class
-        records["target"].append(float(probs[target]))
-        records["original"].append(float(probs[original_class]))
-        records["top1"].append(int(probs.argmax()))
-        records["distortion"].append(distortion_rms(current, original))
-        if observer is not None:  # a page plots the run live from this list (thread jobs share memory)
-            observer.append({k: v[-1] for k, v in records.items()})
-        if _done(probs, target, config.confidence):
-            outcome = "relabelled"
-            break
-        if step >= config.max_steps:
-            break
-        candidate = _step(current, gradient, config)
-        if config.cap is not None and distortion_rms(candidate, original) > config.cap:
-            candidate = _fit_under_cap(current, candidate, original, gradient, config.cap) if config.at_cap == "fit" else None
-            if candidate is None:
-                outcome = "cap reached"
-                break
-        current, step = candidate, step + 1
-        report(progress, step / max(config.max_steps, 1),
-               f"step {step}: p(target) {records['target'][-1]:.3f}, distortion {records['distortion'][-1]:.4f}")
-    report(progress, 1.0, outcome)
-    pixels = (current[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-    return RelabelResult(image=pixels, target=target, original_class=original_class, outcome=outcome, steps=step,
-                         target_prob=np.array(records["target"]), original_prob=np.array(records["original"]),
-                         top1=np.array(records["top1"]), distortion=np.array(records["distortion"]),
-                         config=config.as_dict())
+    from .attacks import Relabel  # the registry builds on this module, so it is imported here
+
+    return Relabel.run(handle, x, target, config, progress, observer)
 
 
-def _fit_under_cap(current: torch.Tensor, candidate: torch.Tensor, original: torch.Tensor,
-                   gradient: torch.Tensor, cap: float, min_share: float = 0.01) -> torch.Tensor | None:
+def cross_entropy_gradient(handle: ModelHandle, image: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward and one backward pass to the image: the logits and dL/dX of eq. 1, L the
+    softmax cross-entropy to ``target``. The caller's tensor is left untouched."""
+    leaf = image.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = handle.logits(leaf)
+        loss = F.cross_entropy(logits, torch.tensor([int(target)], device=logits.device))
+        (gradient,) = torch.autograd.grad(loss, leaf)
+    return logits.detach(), gradient
+
+
+def target_reached(probs: torch.Tensor, target: int, confidence: float | None) -> bool:
+    """The stopping rule: the target is top-1 (and at least ``confidence`` likely, if given)."""
+    return int(probs.argmax()) == target and (confidence is None or float(probs[target]) >= confidence)
+
+
+def fit_under_cap(current: torch.Tensor, candidate: torch.Tensor, original: torch.Tensor,
+                  gradient: torch.Tensor, cap: float, min_share: float = 0.01) -> torch.Tensor | None:
     """The part of a full step that keeps eq. 3 under the cap; None when no useful part fits.
 
     Moves back towards the original cost nothing and are always taken; the others are taken in
@@ -203,8 +165,8 @@ def _fit_under_cap(current: torch.Tensor, candidate: torch.Tensor, original: tor
     return torch.where(mask, candidate, current)
 
 
-def _step(current: torch.Tensor, gradient: torch.Tensor, config: RelabelConfig) -> torch.Tensor:
-    """One update of eq. 1, snapped to the 8-bit grid."""
+def sign_step(current: torch.Tensor, gradient: torch.Tensor, config: RelabelConfig) -> torch.Tensor:
+    """One update of eq. 1, snapped to the 8-bit grid (Fig. 3's raw gradient with ``step="raw"``)."""
     if config.step == "sign":
         direction = gradient.sign()
     else:  # raw gradient, scaled so its largest value moves alpha levels: hot spots, Fig. 3
@@ -212,92 +174,14 @@ def _step(current: torch.Tensor, gradient: torch.Tensor, config: RelabelConfig) 
     return quantize(current - config.alpha * direction / 255.0)
 
 
-def gaussian_start(size: int, *, seed: int = 0, mean: float = 0.5, std: float = 0.15) -> torch.Tensor:
+GAUSSIAN_SEED = 0  # the seed of the page's and the CLI's Gaussian start image
+
+
+def gaussian_start(size: int, *, seed: int = GAUSSIAN_SEED, mean: float = 0.5, std: float = 0.15) -> torch.Tensor:
     """Sec. 3.2: a random Gaussian image on the 8-bit grid, the start of image synthesis."""
     generator = torch.Generator().manual_seed(seed)
     noise = mean + std * torch.randn(1, 3, size, size, generator=generator)
     return quantize(noise)
-
-
-# ---------------------------------------------------------------------------------------------
-# Other attacks from the lecture ("Fooling ConvNets"): captum's FGSM and PGD, least-likely class
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """FGSM / PGD settings in 8-bit levels, so every result stays on the 8-bit grid."""
-
-    epsilon: int = 4  # L-inf radius in levels
-    step: int = 1  # PGD step in levels
-    steps: int = 10  # PGD iterations
-    random_start: bool = False
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class AttackResult:
-    image: np.ndarray  # H x W x 3 uint8
-    method: str
-    target: int | None  # the class pushed towards (targeted attacks), else None
-    original_class: int
-    final_class: int
-    final_probs: np.ndarray  # (classes,) of the result
-    distortion: float
-    linf_levels: int
-    config: dict
-
-
-def least_likely_class(handle: ModelHandle, x: torch.Tensor) -> int:
-    """The class the model finds least likely for this image (the lecture's least-likely target)."""
-    return int(handle.probabilities(x[:1])[0].argmin())
-
-
-def attack(handle: ModelHandle, x: torch.Tensor, method: str, target: int | None = None,
-           config: AttackConfig = AttackConfig()) -> AttackResult:
-    """FGSM (one step of size eps), PGD (steps inside the eps-ball) or least-likely (targeted PGD).
-
-    Untargeted FGSM/PGD push away from the image's own top-1 class; with ``target`` they pull towards
-    it (x <- x - eps sgn(dL(x, target)/dx), the lecture's formula). Least-likely always targets the
-    argmin class.
-    """
-    from captum.robust import FGSM, PGD
-
-    if method not in ("fgsm", "pgd", "leastlikely"):
-        raise ConfigError(f"Unknown attack '{method}'; use fgsm, pgd or leastlikely.")
-    if config.epsilon < 1 or config.step < 1 or config.steps < 1:
-        raise ConfigError("Epsilon, step and the number of steps must each be at least 1.")
-    x = quantize(x[:1].detach().to(handle.device, torch.float32))
-    original_class = int(handle.probabilities(x)[0].argmax())
-    if method == "leastlikely":
-        target = least_likely_class(handle, x)
-    targeted = target is not None
-    label = handle.class_index(target) if targeted else original_class
-    eps, step = config.epsilon / 255.0, config.step / 255.0
-
-    def cross_entropy(logits: torch.Tensor, wanted: int) -> torch.Tensor:
-        # captum's default loss is -log(output), which assumes probabilities; we give it logits.
-        wanted = torch.full((logits.shape[0],), int(wanted), device=logits.device)
-        return F.cross_entropy(logits, wanted, reduction="none")  # per image, as captum expects
-
-    with torch.enable_grad():
-        if method == "fgsm":
-            adversarial = FGSM(handle.logits, cross_entropy, 0.0, 1.0).perturb(x, eps, label, targeted=targeted)
-        else:
-            if config.random_start:
-                torch.manual_seed(config.seed)  # captum draws the start from the global generator
-            adversarial = PGD(handle.logits, cross_entropy, 0.0, 1.0).perturb(
-                x, eps, step, config.steps, label, targeted=targeted, random_start=config.random_start)
-    # Back on the 8-bit grid; x is on it and eps is whole levels, so rounding stays in the ball.
-    adversarial = torch.minimum(torch.maximum(quantize(adversarial.detach()), x - eps), x + eps)
-    probs = handle.probabilities(adversarial)[0]
-    pixels = (adversarial[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-    return AttackResult(image=pixels, method=method, target=label if targeted else None,
-                        original_class=original_class, final_class=int(probs.argmax()), final_probs=probs,
-                        distortion=distortion_rms(adversarial, x), linf_levels=linf_levels(adversarial, x),
-                        config=config.as_dict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,32 +199,29 @@ class LimitCheck:
     reverted: bool  # back to the original class
 
 
-def _transformed(image: torch.Tensor, check: str) -> torch.Tensor:
-    """The relabelled image (1, 3, S, S) cropped, shifted or mirrored, at the same size."""
+def _centre_crop(image: torch.Tensor) -> torch.Tensor:
+    """The centre 90 % of a (1, 3, S, S) image, scaled back to S x S."""
     size = image.shape[-1]
-    if check == "mirror":
-        return image.flip(-1)
-    if check == "crop 90 %":
-        margin = round(size * 0.05)
-        inner = image[..., margin:size - margin, margin:size - margin]
-        return F.interpolate(inner, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if check == "shift 8 px":
-        return torch.roll(image, shifts=(8, 8), dims=(-2, -1))
-    raise ConfigError(f"Unknown check '{check}'.")
+    margin = round(size * 0.05)
+    inner = image[..., margin:size - margin, margin:size - margin]
+    return F.interpolate(inner, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-CHECKS = ("mirror", "crop 90 %", "shift 8 px")
+# What sec. 3.1 does to the relabelled image (1, 3, S, S), each at the same size.
+CHECKS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mirror": lambda image: image.flip(-1),
+    "crop 90 %": _centre_crop,
+    "shift 8 px": lambda image: torch.roll(image, shifts=(8, 8), dims=(-2, -1)),
+}
 
 
 def limit_checks(handle: ModelHandle, relabelled: np.ndarray, target: int, original_class: int,
                  second: ModelHandle | None = None) -> list[LimitCheck]:
     """Sec. 3.1's limits: transforms on this model, and the untouched image on a second network."""
-    from .images import fit_square, to_tensor
-
     image = to_tensor(relabelled, device=handle.device)
     rows = []
-    candidates = [(check, handle, _transformed(image, check)) for check in ("none", *CHECKS) if check != "none"]
-    candidates.insert(0, ("as relabelled", handle, image))
+    candidates = [("as relabelled", handle, image)]
+    candidates += [(check, handle, transform(image)) for check, transform in CHECKS.items()]
     if second is not None:
         resized = to_tensor(fit_square(relabelled, second.input_size), device=second.device)
         candidates.append(("another network", second, resized))
@@ -398,17 +279,15 @@ def sweep(handle: ModelHandle, named_images: dict[str, torch.Tensor], targets_pe
     config = RelabelConfig(cap=cap, max_steps=max_steps)
     for i, (name, target) in enumerate(plan):
         result = relabel(handle, named_images[name], target, config)
-        pairs.append((name, target, result.outcome, result.steps, float(result.distortion[-1])))
+        pairs.append((name, target, result.outcome, result.steps, result.final_distortion))
         report(progress, (i + 1) / len(plan), f"{i + 1} of {len(plan)} pairs")
     return SweepResult(images=tuple(named_images), pairs=tuple(pairs), cap=cap)
 
 
 def first_gradients(handle: ModelHandle, x: torch.Tensor, target: int) -> tuple[np.ndarray, np.ndarray]:
     """Fig. 3: the first step's raw gradient and its sign, as H x W x 3 images in [0, 1] (grey = 0)."""
-    image = quantize(x[:1].detach().to(handle.device, torch.float32)).requires_grad_(True)
-    with torch.enable_grad():
-        loss = F.cross_entropy(handle.logits(image), torch.tensor([handle.class_index(target)], device=handle.device))
-        (gradient,) = torch.autograd.grad(loss, image)
+    image = quantize(x[:1].detach().to(handle.device, torch.float32))
+    _, gradient = cross_entropy_gradient(handle, image, handle.class_index(target))
     raw = 0.5 + 0.5 * gradient / gradient.abs().max().clamp_min(1e-12)
     sign = 0.5 + 0.5 * gradient.sign()
     return tuple(v[0].permute(1, 2, 0).cpu().numpy() for v in (raw, sign))

@@ -19,19 +19,28 @@ input resolution, for images ``x`` in [0, 1]. A target of None explains each ima
 Captum supplies guided Grad-CAM, gradient saliency and integrated gradients (called under the
 handle's lock, because they register hooks); Grad-CAM and Grad-CAM++ share one head-only backward
 (:func:`engine.hooks.layer_gradient`) and differ only in :meth:`GradCAM.cam_weights`.
+
+The page and the CLI call one more verb, :meth:`SaliencyMethod.explain` (one image -> an
+:class:`Explanation`), through :func:`explain`, which never looks at the method's key. Occlusion and
+RISE are :class:`ScanMethod` s (``covers_every_class = True``): one scan holds every class's map,
+their ``explain`` keeps it so another class costs no forward pass, and their ``raw_maps`` read the
+same scan. :data:`METHODS` is the one registry (key, label, Config); :func:`describe` lists it for
+``python -m engine methods --json`` and the CLI's ``--method`` choices come from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import hooks
+from . import hooks, io
 from .errors import ConfigError
 from .models import ModelHandle
 from .progress import Progress, report
@@ -76,13 +85,18 @@ class MethodConfig:
 
 
 class SaliencyMethod:
-    """Base class: resolves targets, moves data, upsamples; subclasses compute raw maps."""
+    """Base class: resolves targets, moves data, upsamples; subclasses compute raw maps.
+
+    A new method is one subclass with ``key``, ``label``, ``Config`` and :meth:`raw_maps`, added to
+    :data:`METHODS`; the page, the CLI, ``methods --json`` and the shared tests pick it up from there.
+    """
 
     key: ClassVar[str] = ""
     label: ClassVar[str] = ""
     signed: ClassVar[bool] = False  # True when the map has meaningful negative values
     uses_layer: ClassVar[bool] = False
     slow: ClassVar[bool] = False
+    covers_every_class: ClassVar[bool] = False  # True: one run holds every class's map (a scan)
     Config: ClassVar[type] = MethodConfig
 
     def __init__(self, handle: ModelHandle, config: MethodConfig | None = None):
@@ -98,6 +112,62 @@ class SaliencyMethod:
 
     def raw_maps(self, x: torch.Tensor, targets: list[int], progress: Progress | None) -> torch.Tensor:
         raise NotImplementedError
+
+    def explain(self, x: torch.Tensor, target: int | None = None, *,
+                progress: Progress | None = None) -> "Explanation":
+        """One image (1, 3, H, W): the map of ``target`` (default: the top-1 class), packaged for
+        plots and downloads. Scan methods override this to keep their every-class scan."""
+        started = time.perf_counter()
+        x, target = self._one_image(x, target)
+        saliency = self.attribute(x, target, progress=progress)[0]
+        return self._explanation(target, saliency, started)
+
+    def _one_image(self, x: torch.Tensor, target: int | None) -> tuple[torch.Tensor, int]:
+        _check_images(x)
+        x = x[:1].detach().to(self.handle.device, torch.float32)
+        (target,) = resolve_targets(self.handle, x, target)
+        return x, target
+
+    def _explanation(self, target: int, saliency: np.ndarray, started: float,
+                     scan: "ClassScan | None" = None) -> "Explanation":
+        layer = self.handle.layer(self.config.layer).name if self.uses_layer else None
+        return Explanation(method=self.key, label=self.label, target=target,
+                           target_label=self.handle.class_names[target], layer=layer, saliency=saliency,
+                           signed=self.signed, config=self.config.as_dict(),
+                           seconds=time.perf_counter() - started, scan=scan)
+
+
+class ClassScan(Protocol):
+    """What a scan method keeps: every class's map from one set of forward passes."""
+
+    def saliency(self, target: int) -> np.ndarray:
+        """(H, W) float32 map of ``target`` at input resolution."""
+
+
+class ScanMethod(SaliencyMethod):
+    """A black-box scan (occlusion, RISE): its forward passes do not depend on the class, so one
+    :meth:`scan` per image serves every class. Subclasses implement :meth:`scan` only."""
+
+    covers_every_class = True
+    slow = True
+
+    def scan(self, x: torch.Tensor, progress: Progress | None = None) -> ClassScan:
+        """Scan one image (1, 3, H, W) on the handle's device."""
+        raise NotImplementedError
+
+    def raw_maps(self, x, targets, progress):
+        maps = []
+        for i, target in enumerate(targets):
+            scan = self.scan(x[i:i + 1], _sub_progress(progress, i, len(targets)))
+            maps.append(torch.from_numpy(scan.saliency(target)))
+        return torch.stack(maps)
+
+    def explain(self, x, target=None, *, progress=None):
+        """Scan once and keep the scan in the result, so :meth:`Explanation.for_class` is free."""
+        started = time.perf_counter()
+        x, target = self._one_image(x, target)
+        scan = self.scan(x, progress)
+        return self._explanation(target, scan.saliency(target), started, scan=scan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +334,9 @@ class OcclusionScan:
     def probability_map(self, target: int) -> np.ndarray:
         return self.probs[:, :, target]
 
+    def saliency(self, target: int) -> np.ndarray:
+        return self.importance(target)
+
     def importance(self, target: int) -> np.ndarray:
         height, width = self.size
         total = np.zeros((height, width), np.float64)
@@ -321,18 +394,14 @@ def occlusion_scan(handle: ModelHandle, x: torch.Tensor, config: OcclusionConfig
     return OcclusionScan(probs=probs, base=base, ys=ys, xs=xs, patch=config.patch, size=(height, width))
 
 
-class OcclusionMap(SaliencyMethod):
+class OcclusionMap(ScanMethod):
     """Lecture, "Black box saliency via masking": importance = mean probability drop under the occluder."""
 
-    key, label, slow, Config = "occlusion", "Occlusion", True, OcclusionConfig
+    key, label, Config = "occlusion", "Occlusion", OcclusionConfig
     signed = True  # occluding can also raise the probability
 
-    def raw_maps(self, x, targets, progress):
-        maps = []
-        for i, target in enumerate(targets):
-            scan = occlusion_scan(self.handle, x[i:i + 1], self.config, _sub_progress(progress, i, len(targets)))
-            maps.append(torch.from_numpy(scan.importance(target)))
-        return torch.stack(maps)
+    def scan(self, x, progress=None) -> OcclusionScan:
+        return occlusion_scan(self.handle, x, self.config, progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,17 +464,13 @@ def rise_scan(handle: ModelHandle, x: torch.Tensor, config: RISEConfig = RISECon
     return RISEScan(maps=maps.numpy(), size=size)
 
 
-class RISEMap(SaliencyMethod):
+class RISEMap(ScanMethod):
     """RISE (Petsiuk et al. 2018): probability-weighted average of random masks."""
 
-    key, label, slow, Config = "rise", "RISE", True, RISEConfig
+    key, label, Config = "rise", "RISE", RISEConfig
 
-    def raw_maps(self, x, targets, progress):
-        maps = []
-        for i, target in enumerate(targets):
-            scan = rise_scan(self.handle, x[i:i + 1], self.config, _sub_progress(progress, i, len(targets)))
-            maps.append(torch.from_numpy(scan.saliency(target)))
-        return torch.stack(maps)
+    def scan(self, x, progress=None) -> RISEScan:
+        return rise_scan(self.handle, x, self.config, progress)
 
 
 def _sub_progress(progress: Progress | None, index: int, count: int) -> Progress | None:
@@ -430,13 +495,34 @@ def available_methods(handle: ModelHandle) -> list[str]:
     return [key for key, cls in METHODS.items() if not cls.uses_layer or handle.layers]
 
 
-def make_method(handle: ModelHandle, key: str, config: MethodConfig | None = None) -> SaliencyMethod:
+def method_class(key: str) -> type[SaliencyMethod]:
     if key not in METHODS:
         raise ConfigError(f"Unknown saliency method '{key}'; choose one of {', '.join(METHODS)}.")
-    cls = METHODS[key]
+    return METHODS[key]
+
+
+def make_method(handle: ModelHandle, key: str, config: MethodConfig | None = None) -> SaliencyMethod:
+    cls = method_class(key)
     if cls.uses_layer and not handle.layers:
         raise ConfigError(f"{cls.label} needs a convolutional layer with a spatial output, and this model has none.")
     return cls(handle, config)
+
+
+def config_from(key: str, settings: Mapping[str, Any]) -> MethodConfig:
+    """The method's Config from the settings it has a field for (a page's or a CLI's flat settings:
+    ``patch`` goes to occlusion, ``masks`` to RISE, ``layer`` to the CAM methods); the rest default."""
+    config_type = method_class(key).Config
+    names = {item.name for item in dataclasses.fields(config_type)}
+    return config_type(**{name: value for name, value in settings.items() if name in names})
+
+
+def describe() -> list[dict]:
+    """The registry as plain data, for ``python -m engine methods --json``."""
+    return [{"key": cls.key, "label": cls.label,
+             "fields": [{"name": item.name, "type": str(item.type), "default": item.default}
+                        for item in dataclasses.fields(cls.Config)],
+             "covers_every_class": cls.covers_every_class}
+            for cls in METHODS.values()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,6 +591,21 @@ def deletion_insertion(handle: ModelHandle, x: torch.Tensor, saliency: np.ndarra
                         insertion_auc=float(np.trapezoid(curves["insertion"], fractions)), target=target)
 
 
+def score_maps(handle: ModelHandle, x: torch.Tensor, maps: Mapping[str, np.ndarray], target: int,
+               config: FaithfulnessConfig = FaithfulnessConfig(),
+               progress: Progress | None = None) -> dict[str, Faithfulness]:
+    """:func:`deletion_insertion` for several named maps of one image, as one piece of work (one job,
+    so one progress bar covers the whole scoring)."""
+    scores = {}
+    for i, (name, saliency_map) in enumerate(maps.items()):
+        share = None
+        if progress is not None:
+            share = (lambda fraction, message, i=i, name=name:
+                     progress((i + fraction) / len(maps), f"{name}: {message}"))
+        scores[name] = deletion_insertion(handle, x, saliency_map, target, config, share)
+    return scores
+
+
 # ---------------------------------------------------------------------------------------------
 # One engine call for the page and the CLI
 
@@ -522,44 +623,31 @@ class Explanation:
     signed: bool
     config: dict = field(default_factory=dict)
     seconds: float = 0.0
-    occlusion: OcclusionScan | None = None  # the probability map over occluder positions
-    rise: RISEScan | None = None  # maps for every class, for free class switching
+    scan: ClassScan | None = None  # a scan method's every-class data (OcclusionScan, RISEScan)
 
     @property
     def covers_every_class(self) -> bool:
-        """Occlusion and RISE keep every class's probabilities, so any class's map is free."""
-        return self.occlusion is not None or self.rise is not None
+        """A scan keeps every class's map, so explaining another class is free."""
+        return self.scan is not None
+
+    @property
+    def occlusion(self) -> OcclusionScan | None:
+        """The probability map over occluder positions, when this is an occlusion map."""
+        return self.scan if isinstance(self.scan, OcclusionScan) else None
 
     def for_class(self, target: int, target_label: str) -> "Explanation":
         """The same scan explaining another class, without a single extra forward pass."""
         if not self.covers_every_class:
             raise ConfigError(f"{self.label} has to be run again to explain another class.")
-        saliency = self.occlusion.importance(target) if self.occlusion is not None else self.rise.saliency(target)
-        return replace(self, target=target, target_label=target_label, saliency=saliency)
+        return replace(self, target=target, target_label=target_label, saliency=self.scan.saliency(target))
 
 
 def explain(handle: ModelHandle, x: torch.Tensor, method: str, target: int | None = None,
             config: MethodConfig | None = None, progress: Progress | None = None) -> Explanation:
-    """Run one method on one image (1, 3, H, W) and package the result for plots and downloads."""
-    import time
+    """Run one method on one image (1, 3, H, W) and package the result for plots and downloads.
 
-    started = time.perf_counter()
-    runner = make_method(handle, method, config)
-    x = x[:1].detach().to(handle.device, torch.float32)
-    (target,) = resolve_targets(handle, x, target)
-    occlusion = rise = None
-    if method == "occlusion":
-        occlusion = occlusion_scan(handle, x, runner.config, progress)
-        saliency = occlusion.importance(target)
-    elif method == "rise":
-        rise = rise_scan(handle, x, runner.config, progress)
-        saliency = rise.saliency(target)
-    else:
-        saliency = runner.attribute(x, target, progress=progress)[0]
-    layer = handle.layer(runner.config.layer).name if runner.uses_layer else None
-    return Explanation(method=method, label=runner.label, target=target, target_label=handle.class_names[target],
-                       layer=layer, saliency=saliency, signed=runner.signed, config=runner.config.as_dict(),
-                       seconds=time.perf_counter() - started, occlusion=occlusion, rise=rise)
+    Dispatch is the method's own :meth:`SaliencyMethod.explain`: no key is special here."""
+    return make_method(handle, method, config).explain(x, target, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,33 +656,31 @@ def explain(handle: ModelHandle, x: torch.Tensor, method: str, target: int | Non
 
 def manifest(explanation: Explanation, handle: ModelHandle, *, image_sha256: str, image_name: str) -> dict:
     """Everything needed to reproduce a map: model, layer, method, class, parameters, versions."""
-    import datetime
     import platform
 
     import captum
     import torchvision
 
-    return {
-        "glassbox": "saliency",
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "image": {"name": image_name, "sha256": image_sha256, "model_input": [handle.input_size] * 2},
-        "model": {"name": handle.name, "source": handle.spec.source, "arch": handle.spec.arch,
-                  "mean": list(handle.spec.mean), "std": list(handle.spec.std)},
-        "method": explanation.method, "method_label": explanation.label, "layer": explanation.layer,
-        "class": {"id": explanation.target, "name": explanation.target_label},
-        "parameters": explanation.config, "signed": explanation.signed,
-        "map": {"shape": list(explanation.saliency.shape), "min": float(explanation.saliency.min()),
-                "max": float(explanation.saliency.max())},
-        "seconds": round(explanation.seconds, 4),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "captum": captum.__version__, "numpy": np.__version__},
-    }
+    return io.manifest(
+        "saliency",
+        image={"name": image_name, "sha256": image_sha256, "model_input": [handle.input_size] * 2},
+        model={"name": handle.name, "source": handle.spec.source, "arch": handle.spec.arch,
+               "mean": list(handle.spec.mean), "std": list(handle.spec.std)},
+        method=explanation.method, method_label=explanation.label, layer=explanation.layer,
+        **{"class": {"id": explanation.target, "name": explanation.target_label}},
+        parameters=explanation.config, signed=explanation.signed,
+        map={"shape": list(explanation.saliency.shape), "min": float(explanation.saliency.min()),
+             "max": float(explanation.saliency.max())},
+        seconds=round(explanation.seconds, 4),
+        versions={"python": platform.python_version(), "torch": torch.__version__,
+                  "torchvision": torchvision.__version__, "captum": captum.__version__, "numpy": np.__version__},
+    )
 
 
 def npy_bytes(saliency: np.ndarray) -> bytes:
-    import io
+    import io as bytes_io
 
-    buffer = io.BytesIO()
+    buffer = bytes_io.BytesIO()
     np.save(buffer, saliency.astype(np.float32))
     return buffer.getvalue()
 

@@ -75,8 +75,16 @@ def test_relabel_writes_a_png_that_classifies_as_the_target(tmp_path):
     assert classify.classify_image(handle, reloaded, top_k=1).labels[0] == "half track"
     missing = run_cli("relabel", "chelsea", "--out", str(tmp_path))
     assert missing.returncode == 2 and "needs a --target" in missing.stderr
+    assert manifest["method"] == "relabel" and manifest["manifest_version"] == 1  # attacks.manifest, as the page's
+    assert manifest["image_sha256"] == images.image_digest(images.sample_bytes("chelsea"))
     pgd = run_cli("relabel", "chelsea", "--method", "pgd", "--epsilon", "2", "--out", str(tmp_path))
     assert pgd.returncode == 0 and (tmp_path / "chelsea_pgd.png").exists()
+    pgd_manifest = json.loads((tmp_path / "chelsea_pgd_manifest.json").read_text())
+    assert pgd_manifest["target"] is None and pgd_manifest["quality"]["linf_levels"] <= 2
+    assert pgd_manifest["config"]["epsilon"] == 2 and pgd_manifest["steps"] == 10
+    assert len(json.loads((tmp_path / "chelsea_pgd_steps.json").read_text())["distortion"]) == 11
+    unknown = run_cli("relabel", "chelsea", "--method", "deepfool", "--out", str(tmp_path))
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
 
 
 def test_invert_writes_image_snapshots_loss_log_and_manifest(tmp_path):
@@ -141,3 +149,24 @@ def test_patterns_train_writes_checkpoint_samples_and_log_and_resumes(tmp_path):
     wrong = subprocess.run(args[:-2] + ["--out", str(run), "--steps", "8", "--resume", "--size", "64"], cwd=ROOT,
                            capture_output=True, text=True, timeout=300, env=env)
     assert wrong.returncode == 2 and "trained on classes" in wrong.stderr
+
+
+def test_methods_json_lists_both_registries():
+    from engine import attacks, saliency
+
+    result = run_cli("methods", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    assert set(listing) == {"saliency", "attacks"}
+    assert [entry["key"] for entry in listing["saliency"]] == list(saliency.METHODS)
+    assert [entry["key"] for entry in listing["attacks"]] == list(attacks.ATTACKS)
+    for entry in listing["saliency"] + listing["attacks"]:
+        assert entry["label"] and isinstance(entry["fields"], list)
+        for field in entry["fields"]:
+            assert set(field) >= {"name", "type", "default"}
+    pgd = next(entry for entry in listing["attacks"] if entry["key"] == "pgd")
+    assert {field["name"] for field in pgd["fields"]} >= {"epsilon"}
+    occlusion = next(entry for entry in listing["saliency"] if entry["key"] == "occlusion")
+    assert occlusion["covers_every_class"] is True
+    text = run_cli("methods")
+    assert text.returncode == 0 and "gradcam" in text.stdout and "relabel" in text.stdout

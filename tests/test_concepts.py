@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 from skimage import draw
 
-from engine import concepts as C
+from engine import concepts
+from engine.concepts import painter, store
 from engine.errors import Cancelled, DatasetError
 from engine.images import fit_square
 
@@ -30,14 +31,14 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def small_shards(monkeypatch):
     """Shards of 8 images, so a few dozen images span several shard files."""
-    monkeypatch.setattr(C, "SHARD_SIZE", 8)
+    monkeypatch.setattr(store, "SHARD_SIZE", 8)
 
 
 def shard_files(root) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in sorted(root.rglob("shard-*.npz"))}
 
 
-def same_sample(a: C.Sample, b: C.Sample) -> bool:
+def same_sample(a: concepts.Sample, b: concepts.Sample) -> bool:
     return (np.array_equal(a.image, b.image) and np.array_equal(a.concept_ids, b.concept_ids)
             and np.array_equal(a.masks, b.masks) and a.categories == b.categories)
 
@@ -52,11 +53,11 @@ def message_of(error_info) -> str:
 # --------------------------------------------------------------------------- bundled: content
 
 def test_concept_list_and_sample_layout(tmp_path):
-    concept_set = C.bundled_concepts(12, cache_dir=tmp_path, **SMALL)
+    concept_set = concepts.bundled_concepts(12, cache_dir=tmp_path, **SMALL)
     names = [c.name for c in concept_set.concepts]
-    assert names[:11] == list(C.COLOUR_RGB) and len(names) == len(set(names)) == 28
+    assert names[:11] == list(concepts.COLOUR_RGB) and len(names) == len(set(names)) == 28
     assert [c.id for c in concept_set.concepts] == list(range(28))
-    assert {c.category for c in concept_set.concepts} == set(C.CATEGORIES)
+    assert {c.category for c in concept_set.concepts} == set(concepts.CATEGORIES)
     assert len(concept_set) == 12 and concept_set.key == "bundled-v1-n12-s64-m32-seed0"
     for sample in (concept_set.sample(i) for i in range(12)):
         assert sample.image.shape == (64, 64, 3) and sample.image.dtype == np.uint8
@@ -65,14 +66,14 @@ def test_concept_list_and_sample_layout(tmp_path):
         assert np.all(np.diff(sample.concept_ids) > 0) and sample.concept_ids.max() < 28
         assert sample.masks.shape == (k, 32, 32) and sample.masks.dtype == bool
         assert sample.masks.reshape(k, -1).any(axis=1).all()  # listed means visible
-        assert sample.categories == C.CATEGORIES
+        assert sample.categories == concepts.CATEGORIES
 
 
 def test_same_arguments_give_identical_sets_and_short_sets_are_prefixes(tmp_path):
-    first = C.bundled_concepts(10, cache_dir=tmp_path / "a", **SMALL)
-    again = C.bundled_concepts(10, cache_dir=tmp_path / "b", **SMALL)
-    short = C.bundled_concepts(4, cache_dir=tmp_path / "c", **SMALL)
-    other_seed = C.bundled_concepts(4, seed=1, cache_dir=tmp_path / "d", **SMALL)
+    first = concepts.bundled_concepts(10, cache_dir=tmp_path / "a", **SMALL)
+    again = concepts.bundled_concepts(10, cache_dir=tmp_path / "b", **SMALL)
+    short = concepts.bundled_concepts(4, cache_dir=tmp_path / "c", **SMALL)
+    other_seed = concepts.bundled_concepts(4, seed=1, cache_dir=tmp_path / "d", **SMALL)
     assert all(same_sample(first.sample(i), again.sample(i)) for i in range(10))
     assert all(same_sample(first.sample(i), short.sample(i)) for i in range(4))
     assert not any(np.array_equal(first.sample(i).image, other_seed.sample(i).image)
@@ -81,28 +82,29 @@ def test_same_arguments_give_identical_sets_and_short_sets_are_prefixes(tmp_path
 
 def colour_distances(pixels: np.ndarray) -> np.ndarray:
     """Euclidean distance of each pixel (N x 3) to each of the 11 colours, in float64."""
-    palette = np.array(list(C.COLOUR_RGB.values()), float)
+    palette = np.array(list(concepts.COLOUR_RGB.values()), float)
     return np.sqrt(((pixels[:, None, :].astype(float) - palette[None]) ** 2).sum(-1))
 
 
 def test_palette_jitter_stays_inside_its_own_colour():
-    palette = np.array(list(C.COLOUR_RGB.values()), float)
+    palette = np.array(list(concepts.COLOUR_RGB.values()), float)
     closest = min(np.linalg.norm(a - b) for a, b in itertools.combinations(palette, 2))
-    assert (C.TINT_LEVELS + C.NOISE_LEVELS) * math.sqrt(3) < C.COLOUR_RADIUS <= closest / 2
+    jitter = (concepts.TINT_LEVELS + concepts.NOISE_LEVELS) * math.sqrt(3)
+    assert jitter < concepts.COLOUR_RADIUS <= closest / 2
 
 
 @pytest.mark.parametrize("mask_size", [96, 40])
 def test_colour_masks_are_exactly_the_pixels_of_that_colour(tmp_path, mask_size):
     """A colour mask is the set of pixels within COLOUR_RADIUS of that colour, which is then the
     nearest of the 11; smaller masks sample the image at floor((j + 0.5) * size / mask_size)."""
-    concept_set = C.bundled_concepts(40, size=96, mask_size=mask_size, cache_dir=tmp_path)
+    concept_set = concepts.bundled_concepts(40, size=96, mask_size=mask_size, cache_dir=tmp_path)
     grid = (np.arange(mask_size) * 2 + 1) * 96 // (2 * mask_size)
     labelled = 0
     for i in range(len(concept_set)):
         sample = concept_set.sample(i)
         distances = colour_distances(sample.image[np.ix_(grid, grid)].reshape(-1, 3))
         colour = sample.concept_ids < 11
-        expected = {c: (distances[:, c] < C.COLOUR_RADIUS).reshape(mask_size, mask_size)
+        expected = {c: (distances[:, c] < concepts.COLOUR_RADIUS).reshape(mask_size, mask_size)
                     for c in range(11)}
         expected = {c: m for c, m in expected.items() if m.any()}
         assert sample.concept_ids[colour].tolist() == sorted(expected)
@@ -126,25 +128,25 @@ def test_masks_are_the_visible_part_of_each_painted_element():
     size = 128
     for index in range(25):
         rng = np.random.default_rng([0, index])
-        plan = C._plan_image(rng, size)
-        sample = C._draw_sample(index, seed=0, size=size, mask_size=size)
+        plan = painter.plan_image(rng, size)
+        sample = painter.draw_sample(index, seed=0, size=size, mask_size=size)
         got = dict(zip(sample.concept_ids.tolist(), sample.masks))
         empty = np.zeros((size, size), bool)
         expected: dict[int, np.ndarray] = {}
         covered = np.zeros((size, size), bool)
         for element in reversed(plan.elements):  # front to back
-            rows, cols, inside = C._element_region(element, size)
+            rows, cols, inside = painter.element_region(element, size)
             region = np.zeros((size, size), bool)
             region[rows, cols] = inside
             visible = region & ~covered
             covered |= region
             labels = []
             if element.kind == "shape":
-                labels.append(21 + C.SHAPE_NAMES.index(element.outline))
+                labels.append(21 + concepts.SHAPE_NAMES.index(element.outline))
             if element.texture >= 0:
                 labels.append(11 + element.texture)
                 ink = np.zeros((size, size), bool)
-                ink[rows, cols] = C._pattern_ink(element, rows, cols)
+                ink[rows, cols] = painter.pattern_ink(element, rows, cols)
                 fills = ((element.colours[0], visible & ink), (element.colours[1], visible & ~ink))
             else:
                 fills = ((element.colours[0], visible),)
@@ -186,10 +188,10 @@ def cross_points() -> list[tuple[float, float]]:
             (-h, w), (-w, w), (-w, h)]
 
 
-@pytest.mark.parametrize("outline", C.SHAPE_NAMES)
+@pytest.mark.parametrize("outline", concepts.SHAPE_NAMES)
 def test_silhouettes_match_an_independent_rasteriser(outline):
     size = 200
-    element = C._Element("shape", outline=outline, cx=97.3, cy=101.6, radius=70.0, angle=0.4)
+    element = painter.Element("shape", outline=outline, cx=97.3, cy=101.6, radius=70.0, angle=0.4)
     cos, sin = math.cos(element.angle), math.sin(element.angle)
     reference = {
         "circle": lambda: disk_mask(element.cx, element.cy, 70, size),
@@ -204,15 +206,15 @@ def test_silhouettes_match_an_independent_rasteriser(outline):
         "star": lambda: polygon_mask(star_points(), element, size),
         "cross": lambda: polygon_mask(cross_points(), element, size),
     }[outline]()
-    maps = C._paint_maps((element,), size)
-    ours = maps.shape == C.SHAPE_NAMES.index(outline)
+    maps = painter.paint_maps((element,), size)
+    ours = maps.shape == concepts.SHAPE_NAMES.index(outline)
     assert reference.sum() > 2000
     # The two rasterisers may only disagree on pixels whose centre lies on an edge.
     assert (ours ^ reference).sum() <= 0.01 * reference.sum()
 
 
 def test_every_concept_appears_in_a_few_hundred_images(tmp_path):
-    concept_set = C.bundled_concepts(300, size=64, mask_size=32, cache_dir=tmp_path)
+    concept_set = concepts.bundled_concepts(300, size=64, mask_size=32, cache_dir=tmp_path)
     counts = np.zeros(len(concept_set.concepts), int)
     for _, samples in concept_set.batches(100):
         for sample in samples:
@@ -223,7 +225,7 @@ def test_every_concept_appears_in_a_few_hundred_images(tmp_path):
 # --------------------------------------------------------------------------- bundled: disk cache
 
 def test_second_open_reads_the_cache_without_drawing(tmp_path, small_shards, monkeypatch):
-    first = C.bundled_concepts(20, cache_dir=tmp_path, **SMALL)
+    first = concepts.bundled_concepts(20, cache_dir=tmp_path, **SMALL)
     files = shard_files(tmp_path)
     assert list(files) == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
     before = [first.sample(i) for i in range(20)]
@@ -231,26 +233,26 @@ def test_second_open_reads_the_cache_without_drawing(tmp_path, small_shards, mon
     def no_drawing(*args, **kwargs):
         raise AssertionError("the cache was drawn again")
 
-    monkeypatch.setattr(C._ShardStore, "_draw", no_drawing)
-    again = C.bundled_concepts(20, cache_dir=tmp_path, **SMALL)
+    monkeypatch.setattr(store.ShardStore, "_draw", no_drawing)
+    again = concepts.bundled_concepts(20, cache_dir=tmp_path, **SMALL)
     assert all(same_sample(a, again.sample(i)) for i, a in enumerate(before))
-    shorter = C.bundled_concepts(9, cache_dir=tmp_path, **SMALL)  # shares the folder
+    shorter = concepts.bundled_concepts(9, cache_dir=tmp_path, **SMALL)  # shares the folder
     assert same_sample(before[8], shorter.sample(8))
     assert shard_files(tmp_path) == files
 
 
 def test_longer_set_extends_the_short_last_shard(tmp_path, small_shards):
-    short = C.bundled_concepts(10, cache_dir=tmp_path, **SMALL)  # shards of 8 and 2
+    short = concepts.bundled_concepts(10, cache_dir=tmp_path, **SMALL)  # shards of 8 and 2
     kept = shard_files(tmp_path)["shard-00000.npz"]
-    longer = C.bundled_concepts(20, cache_dir=tmp_path, **SMALL)
+    longer = concepts.bundled_concepts(20, cache_dir=tmp_path, **SMALL)
     files = shard_files(tmp_path)
     assert files["shard-00000.npz"] == kept and len(files) == 3
     assert all(same_sample(short.sample(i), longer.sample(i)) for i in range(10))
 
 
 def test_truncated_missing_or_damaged_shards_are_drawn_again(tmp_path, small_shards):
-    reference = C.bundled_concepts(24, cache_dir=tmp_path / "reference", **SMALL)
-    C.bundled_concepts(24, cache_dir=tmp_path / "cache", **SMALL)
+    reference = concepts.bundled_concepts(24, cache_dir=tmp_path / "reference", **SMALL)
+    concepts.bundled_concepts(24, cache_dir=tmp_path / "cache", **SMALL)
     folder = next((tmp_path / "cache").iterdir())
     files = shard_files(folder)
     truncated, missing, damaged = (folder / name for name in sorted(files))
@@ -261,7 +263,7 @@ def test_truncated_missing_or_damaged_shards_are_drawn_again(tmp_path, small_sha
     data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
     damaged.write_bytes(bytes(data))
 
-    repaired = C.bundled_concepts(24, cache_dir=tmp_path / "cache", **SMALL)
+    repaired = concepts.bundled_concepts(24, cache_dir=tmp_path / "cache", **SMALL)
     reference_folder = next((tmp_path / "reference").iterdir())
     for shard in (truncated, missing):  # whole again
         assert shard.read_bytes() == (reference_folder / shard.name).read_bytes()
@@ -271,28 +273,28 @@ def test_truncated_missing_or_damaged_shards_are_drawn_again(tmp_path, small_sha
 
 def test_progress_is_reported_and_cancel_keeps_finished_shards(tmp_path, small_shards):
     seen = []
-    C.bundled_concepts(20, cache_dir=tmp_path / "a", progress=lambda f, m: seen.append(f), **SMALL)
+    concepts.bundled_concepts(20, cache_dir=tmp_path / "a", progress=lambda f, m: seen.append(f), **SMALL)
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen) and len(seen) >= 4
 
     def stop_halfway(fraction, message):
         return fraction < 0.5
 
     with pytest.raises(Cancelled):
-        C.bundled_concepts(20, cache_dir=tmp_path / "b", progress=stop_halfway, **SMALL)
+        concepts.bundled_concepts(20, cache_dir=tmp_path / "b", progress=stop_halfway, **SMALL)
     assert list(shard_files(tmp_path / "b")) == ["shard-00000.npz"]  # no half shard on disk
-    finished = C.bundled_concepts(20, cache_dir=tmp_path / "b", **SMALL)
-    reference = C.bundled_concepts(20, cache_dir=tmp_path / "a", **SMALL)
+    finished = concepts.bundled_concepts(20, cache_dir=tmp_path / "b", **SMALL)
+    reference = concepts.bundled_concepts(20, cache_dir=tmp_path / "a", **SMALL)
     assert all(same_sample(reference.sample(i), finished.sample(i)) for i in range(20))
 
 
 def test_default_cache_is_under_glassbox_cache(tmp_path, small_shards):
-    assert C.cache_root() == tmp_path / "cache"
-    C.bundled_concepts(3, **SMALL)
+    assert concepts.cache_root() == tmp_path / "cache"
+    concepts.bundled_concepts(3, **SMALL)
     assert shard_files(tmp_path / "cache" / "concepts" / "bundled-v1-s64-m32-seed0")
 
 
 def test_a_set_survives_pickling(tmp_path, small_shards):
-    concept_set = C.bundled_concepts(10, cache_dir=tmp_path, **SMALL)
+    concept_set = concepts.bundled_concepts(10, cache_dir=tmp_path, **SMALL)
     concept_set.sample(9)  # a loaded shard must not travel
     copy = pickle.loads(pickle.dumps(concept_set))
     assert copy.key == concept_set.key and same_sample(copy.sample(9), concept_set.sample(9))
@@ -301,7 +303,7 @@ def test_a_set_survives_pickling(tmp_path, small_shards):
 # --------------------------------------------------------------------------- the ConceptSet API
 
 def test_batches_stack_images_and_respect_the_range(tmp_path):
-    concept_set = C.bundled_concepts(10, cache_dir=tmp_path, **SMALL)
+    concept_set = concepts.bundled_concepts(10, cache_dir=tmp_path, **SMALL)
     batches = list(concept_set.batches(4, start=1, stop=10))
     assert [len(samples) for _, samples in batches] == [4, 4, 1]
     images, samples = batches[1]
@@ -316,7 +318,7 @@ def test_batches_stack_images_and_respect_the_range(tmp_path):
 
 
 def test_concept_index_finds_names_and_suggests_close_ones(tmp_path):
-    concept_set = C.bundled_concepts(1, cache_dir=tmp_path, **SMALL)
+    concept_set = concepts.bundled_concepts(1, cache_dir=tmp_path, **SMALL)
     names = [c.name for c in concept_set.concepts]
     assert concept_set.concept_index("red") == names.index("red")
     assert concept_set.concept_index("Stripes Vertical") == names.index("stripes vertical")
@@ -326,7 +328,7 @@ def test_concept_index_finds_names_and_suggests_close_ones(tmp_path):
     assert "stripes horizontal" in message_of(ambiguous)
     with pytest.raises(DatasetError) as unknown:
         concept_set.concept_index("circel")
-    assert "did you mean circle" in message_of(unknown)
+    assert "Did you mean circle?" in message_of(unknown)
 
 
 @pytest.mark.parametrize("arguments, words", [
@@ -336,7 +338,7 @@ def test_concept_index_finds_names_and_suggests_close_ones(tmp_path):
 ])
 def test_bad_arguments_are_refused_with_a_sentence(tmp_path, arguments, words):
     with pytest.raises(DatasetError) as refused:
-        C.bundled_concepts(cache_dir=tmp_path, **arguments)
+        concepts.bundled_concepts(cache_dir=tmp_path, **arguments)
     assert words in message_of(refused)
 
 
@@ -402,7 +404,7 @@ def broden(tmp_path):
 
 def test_broden_loader_reads_labels_masks_and_categories(broden):
     root, layers = broden
-    concept_set = C.load_broden(root)
+    concept_set = concepts.load_broden(root)
     assert [(c.name, c.category) for c in concept_set.concepts] == [
         ("red-c", "color"), ("blue-c", "color"), ("dog", "object"), ("leg", "part"),
         ("kitchen-s", "scene"), ("striped", "texture"), ("green-c", "color")]
@@ -438,7 +440,7 @@ def test_broden_lists_what_is_missing(broden):
     for name in ("one_object.png", "two.png"):
         (root / "images" / "ade" / name).unlink()
     with pytest.raises(DatasetError) as missing:
-        C.load_broden(root)
+        concepts.load_broden(root)
     message = message_of(missing)
     assert f"The Broden folder {root} is missing:" in message
     assert "label.csv" in message and "images/ade/one_object.png" in message
@@ -450,17 +452,17 @@ def test_broden_many_missing_files_are_counted(broden):
     lines = [BRODEN_HEADER.strip()] + [f"ade/gone{i}.png,train,32,32,16,16,,,,,," for i in range(8)]
     (root / "index.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError) as missing:
-        C.load_broden(root)
+        concepts.load_broden(root)
     assert message_of(missing).endswith("images/ade/gone4.png (and 3 more files).")
 
 
 def test_broden_key_changes_when_the_index_changes(broden):
     root, _ = broden
-    key = C.load_broden(root).key
-    assert C.load_broden(root).key == key
+    key = concepts.load_broden(root).key
+    assert concepts.load_broden(root).key == key
     index = root / "index.csv"
     index.write_text(index.read_text().rsplit("ade/three", 1)[0])
-    assert C.load_broden(root).key != key
+    assert concepts.load_broden(root).key != key
 
 
 # --------------------------------------------------------------------------- simple folder
@@ -489,7 +491,7 @@ def folder(tmp_path):
 
 def test_folder_loader_reads_images_and_aligned_masks(folder):
     root, cat = folder
-    concept_set = C.load_folder(root, size=64)
+    concept_set = concepts.load_folder(root, size=64)
     assert [(c.name, c.category) for c in concept_set.concepts] == [
         ("red thing", "custom"), ("sky", "scene")]
     assert (len(concept_set), concept_set.image_size, concept_set.mask_size) == (3, 64, 64)
@@ -508,20 +510,20 @@ def test_folder_loader_reads_images_and_aligned_masks(folder):
 def test_folder_layout_problems_are_sentences(tmp_path):
     (tmp_path / "only_images" / "images").mkdir(parents=True)
     with pytest.raises(DatasetError) as no_masks:
-        C.load_folder(tmp_path / "only_images")
+        concepts.load_folder(tmp_path / "only_images")
     assert message_of(no_masks).endswith("is missing: masks/.")
     (tmp_path / "only_images" / "masks").mkdir()
     with pytest.raises(DatasetError) as no_images:
-        C.load_folder(tmp_path / "only_images")
+        concepts.load_folder(tmp_path / "only_images")
     assert "holds no images" in message_of(no_images)
     with pytest.raises(DatasetError):
-        C.load_folder(tmp_path / "only_images", size=20)
+        concepts.load_folder(tmp_path / "only_images", size=20)
 
 
 def test_folder_bad_image_is_reported_when_read(folder):
     root, _ = folder
     (root / "images" / "dog.png").write_bytes(b"not a png")
-    concept_set = C.load_folder(root, size=64)
+    concept_set = concepts.load_folder(root, size=64)
     with pytest.raises(DatasetError) as bad:
         concept_set.sample(1)
     assert "dog.png" in message_of(bad)
@@ -530,22 +532,22 @@ def test_folder_bad_image_is_reported_when_read(folder):
 # --------------------------------------------------------------------------- open_concepts
 
 def test_open_concepts_dispatches_on_the_spec(tmp_path, broden, folder):
-    bundled = C.open_concepts("bundled", n=3, cache_dir=tmp_path / "c", **SMALL)
+    bundled = concepts.open_concepts("bundled", n=3, cache_dir=tmp_path / "c", **SMALL)
     assert bundled.key == "bundled-v1-n3-s64-m32-seed0"
-    assert C.open_concepts(str(broden[0]), n=3, size=64).key.startswith("broden-")
-    opened = C.open_concepts(str(folder[0]), n=3, size=96)
+    assert concepts.open_concepts(str(broden[0]), n=3, size=64).key.startswith("broden-")
+    opened = concepts.open_concepts(str(folder[0]), n=3, size=96)
     assert opened.key.startswith("folder-") and opened.image_size == 96
     with pytest.raises(DatasetError) as nowhere:
-        C.open_concepts(str(tmp_path / "nowhere"))
+        concepts.open_concepts(str(tmp_path / "nowhere"))
     assert "There is no folder" in message_of(nowhere)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError) as empty:
-        C.open_concepts(str(tmp_path / "empty"))
+        concepts.open_concepts(str(tmp_path / "empty"))
     assert "neither" in message_of(empty)
 
 
 def test_large_images_use_smaller_shards(tmp_path):
     """Two loaded shards bound the memory of a set: at 512 px a shard holds 64 images (48 MiB)."""
-    store = C._ShardStore(tmp_path, length=100, seed=0, size=512, mask_size=256)
-    assert store.per_shard * 512 * 512 * 3 <= C.SHARD_BYTES and store.shard_count() == 2
-    assert C._ShardStore(tmp_path, length=100, seed=0, size=224, mask_size=112).per_shard == 256
+    large = store.ShardStore(tmp_path, length=100, seed=0, size=512, mask_size=256)
+    assert large.per_shard * 512 * 512 * 3 <= concepts.SHARD_BYTES and large.shard_count() == 2
+    assert store.ShardStore(tmp_path, length=100, seed=0, size=224, mask_size=112).per_shard == 256

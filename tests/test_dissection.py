@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import dissection as D
+from engine import dissection
 from engine import hooks
 from engine.errors import ConfigError, DatasetError
 
@@ -69,7 +69,7 @@ def private_cache(tmp_path, monkeypatch):
 
 def brute_force_iou(handle, concepts, layer, quantile):
     """NetDissect's definition, one image and one unit at a time, no shortcuts."""
-    info = D.spatial_layer(handle, layer)
+    info = dissection.spatial_layer(handle, layer)
     maps = []
     for index in range(len(concepts)):
         x = torch.from_numpy(concepts.sample(index).image).permute(2, 0, 1)[None].float() / 255
@@ -100,7 +100,8 @@ def brute_force_iou(handle, concepts, layer, quantile):
 def test_iou_tally_equals_a_brute_force_loop(tiny, partial, mask_size):
     concepts = FakeConcepts(24, partial=partial, mask_size=mask_size)  # 32 x 32 maps: scale 1, 2 and 1.5
     expected, thresholds = brute_force_iou(tiny, concepts, "features.3", quantile=0.05)
-    result = D.dissect(tiny, concepts, "features.3", D.DissectionConfig(quantile=0.05, batch_size=5), use_cache=False)
+    config = dissection.DissectionConfig(quantile=0.05, batch_size=5)
+    result = dissection.dissect(tiny, concepts, "features.3", config, use_cache=False)
     np.testing.assert_allclose(result.thresholds, thresholds, rtol=1e-6)
     np.testing.assert_allclose(result.iou, expected, atol=1e-6)
     assert result.iou.max() > 0 and hooks.count_hooks(tiny.model) == 0
@@ -110,12 +111,13 @@ def test_threshold_equals_torch_quantile():
     values = torch.randn(7, 1001, generator=torch.Generator().manual_seed(0))
     for q in (0.5, 0.995, 0.9999, 0.0):
         # equal up to float32 rounding of the interpolation weight
-        np.testing.assert_allclose(D.quantile_value(values, q), torch.quantile(values, q, dim=1), rtol=1e-5, atol=0)
+        np.testing.assert_allclose(dissection.quantile_value(values, q), torch.quantile(values, q, dim=1),
+                                   rtol=1e-5, atol=0)
     acts = torch.from_numpy(np.random.default_rng(1).standard_normal((40, 3, 4, 5)).astype(np.float32))
     for q in (0.005, 0.05, 0.3):
         expected = torch.quantile(acts.transpose(0, 1).reshape(3, -1), 1 - q, dim=1).numpy()
-        np.testing.assert_allclose(D.unit_thresholds(acts, q), expected, rtol=1e-5)
-        running = D.RunningTop(D.values_to_keep(40 * 20, q))  # the streaming version, batch by batch
+        np.testing.assert_allclose(dissection.unit_thresholds(acts, q), expected, rtol=1e-5)
+        running = dissection.RunningTop(dissection.values_to_keep(40 * 20, q))  # the streaming version, batch by batch
         for first in range(0, 40, 7):
             running.update(acts[first:first + 7])
         assert running.values.shape[1] < 40 * 20 or q == 0.3
@@ -124,18 +126,20 @@ def test_threshold_equals_torch_quantile():
 
 def test_streaming_equals_in_memory(tiny):
     concepts = FakeConcepts(30, seed=3)
-    config = D.DissectionConfig(quantile=0.02, batch_size=7, top_k=3)
-    streamed = D.dissect(tiny, concepts, "features.5", config, use_cache=False, force_disk=True)
-    kept = D.dissect(tiny, concepts, "features.5", D.DissectionConfig(quantile=0.02, batch_size=30, top_k=3),
-                     use_cache=False, in_memory=True)
+    config = dissection.DissectionConfig(quantile=0.02, batch_size=7, top_k=3)
+    streamed = dissection.dissect(tiny, concepts, "features.5", config, use_cache=False, force_disk=True)
+    kept = dissection.dissect(tiny, concepts, "features.5",
+                              dissection.DissectionConfig(quantile=0.02, batch_size=30, top_k=3),
+                              use_cache=False, in_memory=True)
     np.testing.assert_array_equal(streamed.iou, kept.iou)
     np.testing.assert_array_equal(streamed.top_images, kept.top_images)
 
 
 def test_top_images_are_the_most_activating(tiny):
     concepts = FakeConcepts(20, seed=4)
-    result = D.dissect(tiny, concepts, "features.1", D.DissectionConfig(quantile=0.05, batch_size=6, top_k=4),
-                       use_cache=False)
+    result = dissection.dissect(tiny, concepts, "features.1",
+                                dissection.DissectionConfig(quantile=0.05, batch_size=6, top_k=4),
+                                use_cache=False)
     x = torch.from_numpy(np.stack([s.image for s in concepts.samples])).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad(), hooks.capture(tiny, ["features.1"]) as captured:
         tiny.logits(x)
@@ -147,20 +151,21 @@ def test_top_images_are_the_most_activating(tiny):
 
 def test_results_are_cached_on_disk(tiny):
     concepts = FakeConcepts(20, seed=5)
-    config = D.DissectionConfig(quantile=0.05)
-    assert D.cached_result(tiny, concepts, "features.3", config) is None
-    first = D.dissect(tiny, concepts, "features.3", config)
-    again = D.cached_result(tiny, concepts, "features.3", config)
+    config = dissection.DissectionConfig(quantile=0.05)
+    assert dissection.cached_result(tiny, concepts, "features.3", config) is None
+    first = dissection.dissect(tiny, concepts, "features.3", config)
+    again = dissection.cached_result(tiny, concepts, "features.3", config)
     assert again is not None and np.array_equal(again.iou, first.iou) and again.concept_names == first.concept_names
     messages = []
-    D.dissect(tiny, concepts, "features.3", config, progress=lambda f, m: messages.append(m))
+    dissection.dissect(tiny, concepts, "features.3", config, progress=lambda f, m: messages.append(m))
     assert messages == ["loaded from the cache"]
 
 
 def test_summary_histogram_search_and_csv(tiny):
     concepts = FakeConcepts(20, seed=6)
-    result = D.dissect(tiny, concepts, "features.3", D.DissectionConfig(quantile=0.05, iou_threshold=0.0),
-                       use_cache=False)
+    result = dissection.dissect(tiny, concepts, "features.3",
+                                dissection.DissectionConfig(quantile=0.05, iou_threshold=0.0),
+                                use_cache=False)
     counts = result.detector_counts()
     assert sum(sum(v.values()) for v in counts.values()) == int(result.detectors.sum())
     ranked = result.units_for(2)
@@ -173,13 +178,13 @@ def test_summary_histogram_search_and_csv(tiny):
 def test_bad_requests_are_sentences(tiny):
     concepts = FakeConcepts(12)
     with pytest.raises(DatasetError, match="Only 3 images"):
-        D.dissect(tiny, FakeConcepts(3), "features.3", use_cache=False)
+        dissection.dissect(tiny, FakeConcepts(3), "features.3", use_cache=False)
     with pytest.raises(ConfigError, match="no spatial output"):
-        D.dissect(tiny, concepts, "fc", use_cache=False)
+        dissection.dissect(tiny, concepts, "fc", use_cache=False)
     with pytest.raises(ConfigError, match="no layer called"):
-        D.dissect(tiny, concepts, "nope", use_cache=False)
+        dissection.dissect(tiny, concepts, "nope", use_cache=False)
     with pytest.raises(ConfigError, match="no unit 99"):
-        D.unit_maps(tiny, torch.rand(1, 3, 64, 64), "features.3", 99)
+        dissection.unit_maps(tiny, torch.rand(1, 3, 64, 64), "features.3", 99)
 
 
 class ColourUnits(torch.nn.Module):
@@ -212,16 +217,16 @@ class Planted(torch.nn.Module):
 
 
 def test_a_planted_red_unit_is_found(tmp_path):
-    from engine import concepts as C
     from engine import models
+    from engine.concepts import bundled_concepts
 
     spec = models.ModelSpec(name="planted", label="planted colour units", source="test", arch="planted",
                             input_size=224, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     handle = models.make_handle(spec, Planted(), ("a", "b"), torch.device("cpu"))
-    data = C.bundled_concepts(300, size=224, mask_size=112)
+    data = bundled_concepts(300, size=224, mask_size=112)
     # A unit that is 1 on red and 0 elsewhere lights exactly its red pixels once the top quantile
     # reaches below 1 (red covers a few per cent of the pixels, so the top 30 % threshold is 0).
-    result = D.dissect(handle, data, "units", D.DissectionConfig(quantile=0.3), use_cache=False)
+    result = dissection.dissect(handle, data, "units", dissection.DissectionConfig(quantile=0.3), use_cache=False)
     red, green = data.concept_index("red"), data.concept_index("green")
     assert result.best_concept[0] == red and result.iou[0, red] >= 0.9, result.iou[0, red]
     assert result.best_concept[1] == green and result.iou[1, green] >= 0.9

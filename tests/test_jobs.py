@@ -225,3 +225,94 @@ def test_find_returns_the_latest_job_for_a_key():
     registry.wait(job_id, timeout=10)
     found = registry.find("k")
     assert found is not None and found.id == job_id and found.result == 7
+
+
+# -- the frame's controller: one find-or-start, records in the job, reload and second tab ----------
+
+
+def controller_session(run_id: str, steps: int | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(ROOT / "tests" / "apps" / "controller_app.py"), default_timeout=15)
+    app.query_params["run"] = run_id
+    if steps is not None:
+        app.query_params["steps"] = str(steps)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_two_sessions_with_the_same_link_share_one_job_and_a_reload_reattaches():
+    run_id = uuid.uuid4().hex[:8]
+    first = controller_session(run_id)
+    assert any("Press **Run** to start." in info.value for info in first.info)
+    first.number_input[0].set_value(25).run()
+    assert first.query_params["steps"] == "25"  # the setting is in the link
+    first.button[0].click().run()
+    key = f"controller-app|{run_id}|25"
+    status = registry().find(key)
+    assert status is not None and not status.finished
+
+    # A second tab (or a reload: a new session) opened on the same link finds it without Run.
+    second = controller_session(run_id, steps=int(first.query_params["steps"]))
+    assert second.number_input[0].value == 25
+    assert not any("Press **Run**" in info.value for info in second.info)
+    assert registry().find(key).id == status.id
+    second.button[0].click().run()  # pressing Run there too must not start the work twice
+    assert registry().find(key).id == status.id
+
+    done = registry().wait(status.id, timeout=20)
+    assert done.done and done.result == 25
+    assert job_funcs.STARTS[key] == 1
+    second.run()
+    assert second.success[0].value == "Result: 25 after 25 records"
+    other = controller_session(run_id, steps=26)  # other settings: another job, not this one
+    assert any("Press **Run** to start." in info.value for info in other.info)
+
+
+def test_records_are_bounded_copied_and_freed_with_the_job():
+    from engine.jobs import MAX_RECORDS, RecordLog
+
+    jobs = JobRegistry(max_running=1, keep_finished=1)
+    first = jobs.find_or_start("a", job_funcs.slow_count, 50, 0.0, title="a", records=True, payload_bytes=1000)
+    done = jobs.wait(first.id, timeout=10)
+    assert [r["step"] for r in done.records] == list(range(1, 51))
+    assert isinstance(done.records, tuple)  # a copy: the page cannot change the job's records
+    internal = jobs._jobs[first.id].records
+    assert len(internal) == 50
+    jobs.drop(first.id)  # freed: result and records
+    assert jobs.find("a") is None and len(internal) == 0
+    with pytest.raises(JobError):
+        jobs.status(first.id)
+
+    second = jobs.wait(jobs.submit(job_funcs.slow_count, 3, 0.0, title="b", key="b", records=True), timeout=10)
+    third = jobs.wait(jobs.submit(job_funcs.slow_count, 3, 0.0, title="c", key="c", records=True), timeout=10)
+    assert jobs.find("b") is None and jobs.find("c").id == third.id  # keep_finished=1 forgot b
+    assert second.records and third.records
+
+    log = RecordLog(limit=10)
+    for i in range(25):
+        log.append(i)
+    assert log.snapshot() == tuple(range(15, 25)) and log.dropped == 15
+    assert MAX_RECORDS >= 1000
+
+
+def test_a_running_job_cannot_be_dropped_and_states_are_not_strings():
+    jobs = JobRegistry(max_running=1)
+    status = jobs.find_or_start("slow", job_funcs.slow_count, 200, 0.01, title="slow")
+    with pytest.raises(JobError, match="cancel it first"):
+        jobs.drop(status.id)
+    assert JobState.RUNNING != "running" and status.state is not None
+    jobs.cancel(status.id)
+    assert jobs.wait(status.id, timeout=5).state is JobState.CANCELLED
+    restarted = jobs.find_or_start("slow", job_funcs.slow_count, 2, 0.0, title="slow again")
+    assert restarted.id != status.id  # a cancelled job is started again
+    assert jobs.wait(restarted.id, timeout=5).done
+
+
+def test_process_jobs_relay_their_records():
+    jobs = JobRegistry(max_running=1)
+    status = jobs.find_or_start("p", job_funcs.slow_count, 4, 0.0, title="in a process", kind="process", records=True)
+    done = jobs.wait(status.id, timeout=30)
+    assert done.done, done.error
+    assert [r["step"] for r in done.records] == [1, 2, 3, 4]

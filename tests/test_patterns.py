@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from engine.errors import ConfigError
-from engine.patterns import losses as L
-from engine.patterns import networks as N
+from engine.patterns import losses, networks
 
 
 def test_tiled_class_input_shape_and_distribution():
     active = torch.zeros(4000, 5)
     active[:, 2] = 1.0
-    tiles = N.tiled_class_input(active, generator=torch.Generator().manual_seed(0))
+    tiles = networks.tiled_class_input(active, generator=torch.Generator().manual_seed(0))
     assert tiles.shape == (4000, 5, 8, 8)
     assert torch.count_nonzero(tiles[:, [0, 1, 3, 4]]) == 0  # inactive classes: all-zero tiles
     values = tiles[:, 2].flatten().double()
@@ -34,17 +33,17 @@ def test_tiled_class_input_shape_and_distribution():
     expected_abs_mean = np.trapezoid(np.abs(grid) * pdf, grid)
     assert (values > 0).double().mean().item() == pytest.approx(expected_positive_share, abs=0.01)
     assert values.abs().mean().item() == pytest.approx(expected_abs_mean, rel=0.02)
-    mixed = N.tiled_class_input(torch.tensor([[0.5, 0.0, 0.25]]), generator=torch.Generator().manual_seed(1))
-    same = N.tiled_class_input(torch.tensor([[1.0, 0.0, 1.0]]), generator=torch.Generator().manual_seed(1))
+    mixed = networks.tiled_class_input(torch.tensor([[0.5, 0.0, 0.25]]), generator=torch.Generator().manual_seed(1))
+    same = networks.tiled_class_input(torch.tensor([[1.0, 0.0, 1.0]]), generator=torch.Generator().manual_seed(1))
     assert torch.allclose(mixed[0, 0], 0.5 * same[0, 0]) and torch.allclose(mixed[0, 2], 0.25 * same[0, 2])
 
 
 @pytest.mark.parametrize("size", [128, 256, 512])
 def test_generator_and_discriminator_shapes(size):
-    generator = N.Generator(5, size=size)
-    discriminator = N.Discriminator()
+    generator = networks.Generator(5, size=size)
+    discriminator = networks.Discriminator()
     substrate = torch.rand(1, 3, size, size) * 2 - 1
-    tiles = N.tiled_class_input(torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0]]))
+    tiles = networks.tiled_class_input(torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0]]))
     with torch.no_grad():
         image = generator(substrate, tiles)
         patches = discriminator(substrate, image)
@@ -54,7 +53,7 @@ def test_generator_and_discriminator_shapes(size):
     assert prelus and all(torch.allclose(p.weight, torch.full_like(p.weight, 0.2)) for p in prelus)
     assert any("parametrizations" in name for name, _ in generator.named_parameters())  # weight norm
     with pytest.raises(ConfigError):
-        N.Generator(5, size=100)
+        networks.Generator(5, size=100)
     with pytest.raises(ConfigError):
         generator(torch.zeros(1, 3, size // 2, size // 2), tiles)
 
@@ -63,23 +62,23 @@ def test_cgan_loss_is_the_formula():
     real, fake = torch.randn(2, 1, 5, 5), torch.randn(2, 1, 5, 5)
     d_real, d_fake = torch.sigmoid(real.double()), torch.sigmoid(fake.double())
     expected = torch.log(d_real).mean() + torch.log(1 - d_fake).mean()
-    assert L.cgan_loss(real.double(), fake.double()).item() == pytest.approx(expected.item(), rel=1e-12)
-    assert L.generator_adversarial_loss(fake.double()).item() == pytest.approx(torch.log(1 - d_fake).mean().item())
+    assert losses.cgan_loss(real.double(), fake.double()).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert losses.generator_adversarial_loss(fake.double()).item() == pytest.approx(torch.log(1 - d_fake).mean().item())
 
 
 def test_mask_loss_penalises_anything_but_white_on_the_background():
     background = torch.zeros(1, 1, 4, 4)
     background[..., :2] = 1.0
     white = torch.ones(1, 3, 4, 4)
-    assert L.mask_loss(white, background).item() == 0.0
+    assert losses.mask_loss(white, background).item() == 0.0
     black_background = white.clone()
     black_background[..., :2] = -1.0
-    assert L.mask_loss(black_background, background).item() == pytest.approx(1.0)
+    assert losses.mask_loss(black_background, background).item() == pytest.approx(1.0)
     black_figure = white.clone()
     black_figure[..., 2:] = -1.0  # the garment may take any colour
-    assert L.mask_loss(black_figure, background).item() == 0.0
+    assert losses.mask_loss(black_figure, background).item() == 0.0
     grey = torch.zeros(1, 3, 4, 4)
-    assert L.mask_loss(grey, background).item() == pytest.approx(0.5)
+    assert losses.mask_loss(grey, background).item() == pytest.approx(0.5)
 
 
 def test_classifier_loss_is_the_formula():
@@ -93,9 +92,9 @@ def test_classifier_loss_is_the_formula():
 
     expected = np.mean([l_of(np.abs(t[b] - resized[b]) * t[b])
                         + max(l_of(np.abs(t[b] - crops[b, k]) * (1 - t[b])) for k in range(3)) for b in range(2)])
-    got = L.classifier_loss(torch.from_numpy(resized), torch.from_numpy(crops), torch.from_numpy(t))
+    got = losses.classifier_loss(torch.from_numpy(resized), torch.from_numpy(crops), torch.from_numpy(t))
     assert got.item() == pytest.approx(expected, rel=1e-12)
-    perfect = L.classifier_loss(torch.from_numpy(t), torch.from_numpy(np.repeat(t[:, None], 3, 1) * 0), torch.from_numpy(t))
+    perfect = losses.classifier_loss(torch.from_numpy(t), torch.from_numpy(np.repeat(t[:, None], 3, 1) * 0), torch.from_numpy(t))
     assert perfect.item() == 0.0
 
 
@@ -104,67 +103,68 @@ def test_substrate_loss_is_the_formula():
     target, image = rng.uniform(-1, 1, (2, 3, 4, 4)), rng.uniform(-1, 1, (2, 3, 4, 4))
     d = target - image
     expected = np.mean(np.abs(d) - np.log(1 - np.abs(d / 2) ** 2))
-    assert L.substrate_loss(torch.from_numpy(target), torch.from_numpy(image)).item() == pytest.approx(expected, rel=1e-12)
+    assert losses.substrate_loss(torch.from_numpy(target), torch.from_numpy(image)).item() == pytest.approx(expected, rel=1e-12)
     same = torch.from_numpy(target)
-    assert L.substrate_loss(same, same).item() == 0.0
-    assert torch.isfinite(L.substrate_loss(torch.ones(1, 3, 2, 2), -torch.ones(1, 3, 2, 2)))  # |T-G|/2 = 1: clamped
+    assert losses.substrate_loss(same, same).item() == 0.0
+    assert torch.isfinite(losses.substrate_loss(torch.ones(1, 3, 2, 2), -torch.ones(1, 3, 2, 2)))  # |T-G|/2 = 1: clamped
 
 
 def test_random_crops_are_distinct_and_in_place():
     images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).view(2, 3, 64, 64)
-    crops, corners = L.random_crops(images, generator=torch.Generator().manual_seed(0))
+    crops, corners = losses.random_crops(images, generator=torch.Generator().manual_seed(0))
     side = round(64 * 224 / 512)
     assert crops.shape == (2, 3, 3, side, side) and len(set(corners)) == 3
     y, x = corners[1]
     assert torch.equal(crops[1, 1], images[1, :, y:y + side, x:x + side])
-    assert L.PatternLossWeights().as_dict() == {"cgan": 3.0, "mask": 10.0, "vgg": 50.0, "substrate": 150.0}
+    assert losses.PatternLossWeights().as_dict() == {"cgan": 3.0, "mask": 10.0, "classifier": 50.0, "substrate": 150.0}
 
 
 def test_substrates_are_garments_on_white_with_exact_backgrounds():
-    from engine.patterns import substrates as S
+    from engine.patterns import substrates
 
-    batch = S.substrate_batch(24, 128, seed=3)
-    assert batch[5].image.tobytes() == S.substrate_batch(6, 128, seed=3)[5].image.tobytes()  # by (seed, index)
-    assert {s.garment for s in S.substrate_batch(80, 64)} == set(S.GARMENTS)
+    batch = substrates.substrate_batch(24, 128, seed=3)
+    assert batch[5].image.tobytes() == substrates.substrate_batch(6, 128, seed=3)[5].image.tobytes()  # by (seed, index)
+    assert {s.garment for s in substrates.substrate_batch(80, 64)} == set(substrates.GARMENTS)
     for substrate in batch:
         assert substrate.image.shape == (128, 128, 3) and substrate.image.dtype == np.uint8
         assert (substrate.image[substrate.background] == 255).all()  # the background is white
         assert 0.1 < (~substrate.background).mean() < 0.8 and not (substrate.image[~substrate.background] == 255).all()
-    images, background = S.to_tensor_pm1(batch[:2])
+    images, background = substrates.substrate_tensors(batch[:2])
     assert images.shape == (2, 3, 128, 128) and images.min() >= -1 and images.max() <= 1 and background.shape == (2, 1, 128, 128)
     with pytest.raises(ConfigError, match="No garment called"):
-        S.draw_substrate("cape", 64, (1, 2, 3))
+        substrates.draw_substrate("cape", 64, (1, 2, 3))
 
 
 def test_the_papers_augmentations():
-    from engine.patterns import substrates as S
+    from engine.patterns import substrates
 
-    plain = S.draw_substrate("t-shirt", 64, (200, 40, 90))
-    swapped = S.swap_colour_axes(plain.image, (2, 0, 1))
+    plain = substrates.draw_substrate("t-shirt", 64, (200, 40, 90))
+    swapped = substrates.swap_colour_axes(plain.image, (2, 0, 1))
     assert tuple(swapped[~plain.background][0]) == (90, 200, 40)
-    shifted = S.shift_colour(plain.image, 1)
+    shifted = substrates.shift_colour(plain.image, 1)
     assert tuple(shifted[~plain.background][0]) == (200, 255, 90) and (shifted[plain.background] == 255).all()
     two_tone = plain.image.copy()
     two_tone[:, :32][~plain.background[:, :32]] = (200, 90, 90)  # differs from the rest only in green
-    assert S.shift_colour(two_tone, 1) is None  # setting green to 255 would merge the two colours
+    assert substrates.shift_colour(two_tone, 1) is None  # setting green to 255 would merge the two colours
     # The left half's tone is brighter (sum 380 against 330); swaps keep the sums and a shift that
     # would merge the tones is refused, so the brighter tone sits on the right only after a flip.
-    flips = [S.augment(S.Substrate(two_tone, plain.background, "t-shirt"), np.random.default_rng(i)) for i in range(40)]
+    flips = [substrates.augment(substrates.Substrate(two_tone, plain.background, "t-shirt"), np.random.default_rng(i))
+             for i in range(40)]
     flipped = [int(f.image[40, 24].astype(int).sum()) < int(f.image[40, 40].astype(int).sum()) for f in flips]
     assert 5 < sum(flipped) < 35
     assert all((f.image[f.background] == 255).all() for f in flips)
 
 
 def test_quick_mode_paints_the_class_onto_one_substrate(lite0):
-    from engine.patterns import quick as Q
-    from engine.patterns import substrates as S
+    from engine.patterns import quick
+    from engine.patterns import substrates
 
-    substrate = S.draw_substrate("t-shirt", 128, (90, 120, 200))
-    result = Q.quick_pattern(lite0, substrate.image, substrate.background, ["zebra"], config=Q.QuickConfig(steps=25))
+    substrate = substrates.draw_substrate("t-shirt", 128, (90, 120, 200))
+    result = quick.quick_pattern(lite0, substrate.image, substrate.background, ["zebra"], config=quick.QuickConfig(steps=25))
     assert result.total[-1] < result.total[0] and result.target_prob[-1] > 5 * result.target_prob[0]
     assert result.image.shape == (128, 128, 3)
     with pytest.raises(ConfigError, match="one to three"):
-        Q.quick_pattern(lite0, substrate.image, substrate.background, [1, 2, 3, 4])
+        quick.quick_pattern(lite0, substrate.image, substrate.background, [1, 2, 3, 4])
 
 
 def test_constant_class_tiles_carry_the_weights():
@@ -179,9 +179,9 @@ def test_constant_class_tiles_carry_the_weights():
 
 def test_the_critic_is_vgg16_when_its_weights_are_here(monkeypatch):
     from engine import models
-    from engine.patterns import training as T
+    from engine.patterns import training
 
     monkeypatch.setattr(models, "torchvision_weights_cached", lambda name: name == "vgg16")
-    assert T.default_classifier() == "vgg16"
+    assert training.default_classifier() == "vgg16"
     monkeypatch.setattr(models, "torchvision_weights_cached", lambda name: False)
-    assert T.default_classifier() == models.DEFAULT_MODEL
+    assert training.default_classifier() == models.DEFAULT_MODEL

@@ -8,11 +8,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import images, jobs, models
-from engine.patterns import generate as G
-from engine.patterns import runs as R
-from engine.patterns import substrates as S
-from engine.patterns import training as T
+from engine.patterns import generate, runs, substrates, training
 from engine.patterns.cli import parse_weights
+from engine.patterns.losses import PatternLossWeights
 from tests import apptest
 
 
@@ -30,7 +28,7 @@ def open_page(**query) -> AppTest:
 def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():
     at = open_page(image="chelsea")
     assert not at.exception, at.exception
-    loaded = G.load_generator_file(G.SHIPPED)
+    loaded = generate.load_generator_file(generate.SHIPPED)
     assert f"trained {loaded.steps} steps" in " ".join(c.value for c in at.caption)
     pictures = at.main.get("image")
     assert len(pictures) == 3 + len(loaded.class_names)  # substrate, the mix, the change, one per class
@@ -49,8 +47,8 @@ def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():
 
 
 def _train_tiny_run(folder, steps=4):
-    config = T.TrainConfig(classes=(1, 3), model=models.TEST_MODEL, size=32, batch=1, base=8)
-    return R.train_run(folder, config, steps, sample_every=2, checkpoint_every=2)
+    config = training.TrainConfig(classes=(1, 3), model=models.TEST_MODEL, size=32, batch=1, base=8)
+    return runs.train_run(folder, config, steps, sample_every=2, checkpoint_every=2)
 
 
 def test_training_runs_in_its_own_process_then_stops_and_resumes():
@@ -69,8 +67,8 @@ def test_training_runs_in_its_own_process_then_stops_and_resumes():
     jobs.registry("training").wait(status.id, timeout=300)
     at.run()
     assert not at.exception, at.exception
-    folder = R.runs_root() / "tiny-run"
-    view = R.view_run(folder)
+    folder = runs.runs_root() / "tiny-run"
+    view = runs.view_run(folder)
     assert view.checkpoint_steps == 30 and view.logged_steps == 30
     assert len(at.main.get("image")) == 1 and len(at.get("plotly_chart")) == 1  # the sample grid and the curves
     labels = [b.proto.label for b in at.get("download_button")]
@@ -79,7 +77,7 @@ def test_training_runs_in_its_own_process_then_stops_and_resumes():
     next(b for b in at.button if b.label == "Resume").click().run()
     apptest.wait_for_jobs(timeout=300)
     at.run()
-    assert R.view_run(folder).checkpoint_steps == 40
+    assert runs.view_run(folder).checkpoint_steps == 40
     assert "checkpoint at step 40" in " ".join(c.value for c in at.caption)
     # the run trained here is now a generator the Generate mode offers
     at.segmented_control(key="pat_mode").set_value("generate").run()
@@ -89,20 +87,20 @@ def test_training_runs_in_its_own_process_then_stops_and_resumes():
 
 
 def test_a_crashed_run_says_so_and_offers_resume(tmp_path):
-    substrates = tmp_path / "garments"
-    R.save_uploads(substrates, [(f"{i}.png", images.to_png_bytes(S.draw_substrate("skirt", 40, (30 * i, 60, 90)).image))
-                                for i in range(4)])
-    folder = R.runs_root() / "broken"
-    config = T.TrainConfig(classes=(1, 3), model=models.TEST_MODEL, size=32, batch=1, base=8,
-                           substrates=str(substrates))
-    R.train_run(folder, config, 4, sample_every=2, checkpoint_every=2)
+    garments = tmp_path / "garments"
+    skirts = [substrates.draw_substrate("skirt", 40, (30 * i, 60, 90)).image for i in range(4)]
+    runs.save_uploads(garments, [(f"{i}.png", images.to_png_bytes(skirt)) for i, skirt in enumerate(skirts)])
+    folder = runs.runs_root() / "broken"
+    config = training.TrainConfig(classes=(1, 3), model=models.TEST_MODEL, size=32, batch=1, base=8,
+                                  substrates=str(garments))
+    runs.train_run(folder, config, 4, sample_every=2, checkpoint_every=2)
     with open(folder / "log.csv", "a") as log:  # the server died at step 5, after the checkpoint at 4
         log.write("5,0,0,0,0,0,0,0\n")
     at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train", run="broken")
     assert "it was interrupted" in " ".join(w.value for w in at.warning)
-    for picture in substrates.iterdir():  # the user's garment folder is gone: resuming fails in the worker
+    for picture in garments.iterdir():  # the user's garment folder is gone: resuming fails in the worker
         picture.unlink()
-    substrates.rmdir()
+    garments.rmdir()
     next(b for b in at.button if b.label == "Resume").click().run()
     apptest.wait_for_jobs(timeout=300)
     at.run()
@@ -114,7 +112,7 @@ def test_a_crashed_run_says_so_and_offers_resume(tmp_path):
 
 
 def test_the_new_run_form_refuses_what_cannot_train():
-    _train_tiny_run(R.runs_root() / "taken")
+    _train_tiny_run(runs.runs_root() / "taken")
     at = open_page(model=models.TEST_MODEL, image="chelsea", mode="train")
     at.selectbox(key="train_run").set_value("(new run)").run()
     assert at.radio(key="train_recipe").value == "shipped"  # the CPU default
@@ -123,9 +121,9 @@ def test_the_new_run_form_refuses_what_cannot_train():
     assert at.toggle(key="train_noise").value is True  # the paper's f(t)
     at.radio(key="train_recipe").set_value("shipped").run()
     assert at.toggle(key="train_noise").value is False
-    shipped = T.read_checkpoint(G.SHIPPED)["config"]  # the recipe is the one the shipped generator was trained with
+    shipped = training.read_checkpoint(generate.SHIPPED)["config"]  # the recipe the shipped generator was trained with
     assert at.number_input(key="train_lr").value == pytest.approx(shipped["lr"])
-    assert parse_weights(at.text_input(key="train_weights").value).as_dict() == shipped["weights"]
+    assert parse_weights(at.text_input(key="train_weights").value) == PatternLossWeights.from_dict(shipped["weights"])
     assert at.number_input(key="train_batch").value == shipped["batch"] and not shipped["class_noise"]
     at.text_input(key="train_name").set_value("taken").run()
     at.text_input(key="train_weights").set_value("3, 10, 50").run()
@@ -151,16 +149,49 @@ def test_quick_mode_paints_a_zebra_onto_a_garment():
     assert len(at.get("plotly_chart")) == 1
 
 
+def _link(at: AppTest) -> dict[str, str]:
+    return {k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()}
+
+
+def test_a_reload_finds_the_quick_pattern_again_without_paint():
+    at = open_page(image="chelsea", mode="quick")
+    at.slider(key="pat_steps").set_value(10).run()
+    at.selectbox(key="quick_garment").set_value("dress").run()
+    at.multiselect(key="quick_classes").set_value(["zebra", "goldfish"]).run()
+    at.slider(key="quick_w_goldfish").set_value(0.5).run()
+    next(b for b in at.button if b.label == "Paint").click().run()
+    assert not at.exception, at.exception
+    link = _link(at)
+    assert (link["steps"], link["garment"], link["classes"], link["weights"]) == ("10", "dress", "340,1", "1,0.5")
+    running = open_page(**link)  # a reload (or a second tab) while the job may still run: no Paint pressed
+    assert not running.exception, running.exception
+    assert "Press **Paint** to start." not in [i.value for i in running.info]
+    apptest.wait_for_jobs()
+    reloaded = open_page(**link)  # and after it finished: the result, by itself
+    assert not reloaded.exception, reloaded.exception
+    assert reloaded.multiselect(key="quick_classes").value == ["zebra", "goldfish"]
+    assert reloaded.slider(key="quick_w_goldfish").value == 0.5
+    assert [b.proto.label for b in reloaded.get("download_button")] == ["Pattern PNG"]
+    assert any("after 10 steps" in str(i.proto) for i in reloaded.main.get("image"))
+    assert len(reloaded.get("plotly_chart")) == 1
+    other = open_page(**{**link, "steps": "20"})  # other settings: another job, not started
+    assert "Press **Paint** to start." in [i.value for i in other.info]
+    broken = open_page(image="chelsea", mode="quick", classes="5000", weights="2,x")  # a damaged link
+    warnings = " ".join(w.value for w in broken.warning)
+    assert "classes='5000' is not a valid setting here" in warnings and "weights='2,x'" in warnings
+    assert broken.multiselect(key="quick_classes").value == ["zebra"]
+
+
 def test_a_trained_checkpoint_generates(tmp_path):
     handle = models.load_model(models.TEST_MODEL)
-    trainer = T.Trainer(handle, T.TrainConfig(classes=(1, 3), model=handle.name, size=32, base=8))
+    trainer = training.Trainer(handle, training.TrainConfig(classes=(1, 3), model=handle.name, size=32, base=8))
     trainer.step()
     trainer.save(tmp_path / "ck.pt")
-    loaded = G.load_generator(T.read_checkpoint(tmp_path / "ck.pt"))
+    loaded = generate.load_generator(training.read_checkpoint(tmp_path / "ck.pt"))
     assert loaded.class_names == ("class 1", "class 3") and loaded.size == 32 and loaded.steps == 1
-    garment = S.draw_substrate("dress", 32, (10, 200, 30))
-    pattern = G.generate(loaded, garment.image, {0: 1.0, 1: 0.5})
+    garment = substrates.draw_substrate("dress", 32, (10, 200, 30))
+    pattern = generate.generate(loaded, garment.image, {0: 1.0, 1: 0.5})
     assert pattern.shape == (32, 32, 3) and pattern.dtype.name == "uint8"
-    again = G.generate(loaded, garment.image, {0: 1.0, 1: 0.5})
+    again = generate.generate(loaded, garment.image, {0: 1.0, 1: 0.5})
     assert (pattern == again).all()  # the same seed gives the same pattern
     assert images.to_png_bytes(np.asarray(pattern))[:4] == b"\x89PNG"

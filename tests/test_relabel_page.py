@@ -1,9 +1,13 @@
-"""AppTest of the relabel page: a run as a job, its views, bad requests as sentences."""
+"""AppTest of the relabel page: a run as a job, its views, bad requests as sentences, and a reload
+(a second session with the same link) that finds the run without pressing Run."""
 
 from __future__ import annotations
 
+import threading
+
 from streamlit.testing.v1 import AppTest
 
+from engine import jobs
 from tests import apptest
 
 
@@ -73,3 +77,59 @@ def test_gaussian_image_synthesis():
     finish(at)
     assert any("Relabelled to **goldfish**" in s.value for s in at.success)
     assert any("SSIM" in c.value for c in at.caption)
+    link = dict(at.query_params)
+    assert link["gaussian"] == "1" and link["cap"] == "0.05"
+    again = open_page(**link)  # a reload: the toggle and the cap come back from the link, and so does the run
+    assert again.toggle(key="rl_gaussian").value
+    assert any("Relabelled to **goldfish**" in s.value for s in again.success)
+
+
+def run_button(at: AppTest):
+    return next(b for b in at.button if b.label == "Run")
+
+
+def jobs_for(fragment: str) -> list[jobs.JobStatus]:
+    return [s for s in jobs.registry().list() if s.key and fragment in s.key]
+
+
+def test_a_second_session_with_the_same_link_shows_the_queued_then_finished_run():
+    """A reload (or a second tab) computes the same job key from the link and shows that job."""
+    release = threading.Event()
+    blocker = jobs.registry().find_or_start("test-blocker", lambda progress: release.wait(60), title="blocker")
+    try:
+        at = open_page(image="chelsea", target="586", method="pgd")
+        next(n for n in at.number_input if n.label.startswith("ε for FGSM")).set_value(2)
+        run_button(at).click().run()
+        assert not at.exception, at.exception
+        link = dict(at.query_params)
+        assert (link["method"], link["epsilon"], link["target"], link["image"]) == ("pgd", "2", "586", "chelsea")
+        second = open_page(**link)  # while the run waits behind the blocker: no Run pressed here
+        assert not second.exception, second.exception
+        assert not any("Press **Run** to start." in i.value for i in second.info)
+        assert any(b.label == "Cancel" for b in second.button)  # the shared job row, with its Cancel
+    finally:
+        release.set()
+    jobs.registry().wait(blocker.id, timeout=60)
+    finish(second)
+    assert any("PGD (steps in an ε-ball): the model now says" in i.value for i in second.info)
+    assert [b.proto.label for b in second.get("download_button")] == ["Relabelled PNG", "Manifest (JSON)"]
+    assert len(jobs_for('|pgd|{"epsilon": 2,')) == 1  # one job, shared by both sessions
+    third = open_page(**link)  # after the run: the result at once
+    assert any("PGD (steps in an ε-ball): the model now says" in i.value for i in third.info)
+
+
+def test_a_reload_finds_the_half_track_run():
+    at = open_page(image="chelsea", target="586")
+    run_button(at).click().run()
+    link = dict(at.query_params)
+    second = open_page(**link)
+    assert not any("Press **Run** to start." in i.value for i in second.info)
+    finish(second)
+    assert any("Relabelled to **half track**" in s.value for s in second.success)
+
+
+def test_least_likely_names_its_own_target_and_links_keep_bad_numbers_out():
+    at = open_page(image="chelsea", method="leastlikely", cap="7")
+    assert any("its **least likely** class" in m.value for m in at.markdown)
+    assert any("cap='7' is not a valid setting" in w.value for w in at.warning)
+    assert next(n for n in at.number_input if n.label.startswith("Distortion cap")).value == 0.01

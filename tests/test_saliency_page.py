@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 
 from streamlit.testing.v1 import AppTest
 
-from engine import jobs, models
+from engine import jobs, models, saliency
 from tests import apptest
 
 
@@ -23,6 +24,7 @@ def number(at: AppTest, label: str):
 
 
 wait_for_jobs = apptest.wait_for_jobs
+RUNNING = "Running… progress is shown below the maps."
 
 
 def test_fast_methods_render_with_downloads_and_slow_ones_wait_for_run():
@@ -83,3 +85,54 @@ def test_preset_sets_image_classes_and_methods():
     assert at.multiselect(key="sal_methods").value == ["gradcam", "occlusion"]
     titles = chart_titles(at)
     assert "Grad-CAM · Egyptian cat (36.2 %)" in titles and "Grad-CAM · tiger cat (33.7 %)" in titles
+
+
+def test_a_reload_reattaches_to_the_running_and_finished_slow_jobs_and_the_scores(monkeypatch):
+    """Run, then a second session on the same link (a reload, a second tab) shows the running job and
+    later the finished maps and AUC table, without pressing anything."""
+    gate = threading.Event()
+    real_scan = saliency.occlusion_scan
+
+    def gated_scan(*args, **kwargs):  # holds the job in "running" until the second session has looked
+        gate.wait(60)
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(saliency, "occlusion_scan", gated_scan)
+    at = open_page(model=models.TEST_MODEL, methods="gradcam,occlusion", image="coffee")
+    try:
+        at.selectbox(key="sal_compare_method").set_value("occlusion").run()
+        number(at, "Patch size (px)").set_value(12)
+        number(at, "Stride (px)").set_value(4)
+        before = len(jobs.registry().list())
+        next(b for b in at.button if b.label == "Run the slow methods").click().run()
+        assert not at.exception, at.exception
+        link = dict(at.query_params)
+        assert link["slow"] in ("patch:12,stride:4", ["patch:12,stride:4"]) and link["compare"] in ("occlusion", ["occlusion"])
+        assert len(jobs.registry().list()) == before + 1, "one scan serves the grid and both compared classes"
+
+        second = open_page(**link)
+        assert any(RUNNING in info.value for info in second.info), [info.value for info in second.info]
+        rows = [element.proto.text for element in second.get("progress")]
+        assert any(text.startswith("Occlusion · ") for text in rows), rows
+        assert not any(t.startswith("Occlusion · ") for t in chart_titles(second))
+        assert len(jobs.registry().list()) == before + 1, "the second session started nothing"
+    finally:
+        gate.set()
+        wait_for_jobs()
+
+    second.run()  # what the polling fragment's rerun does when the job ends
+    third = open_page(**link)  # and a reload after the end
+    for session in (second, third):
+        titles = chart_titles(session)
+        assert any(t.startswith("Occlusion · ") and t.count("·") == 1 for t in titles), titles
+        assert sum(t.startswith("Occlusion · ") and "%" in t for t in titles) == 2, "both compared classes"
+        assert not any(RUNNING in info.value for info in session.info)
+
+    third.number_input(key="sal_faith_steps").set_value(8)  # the faithfulness settings are in the link too
+    next(b for b in third.button if b.label.startswith("Score the 2 maps")).click().run()
+    assert not third.exception, third.exception
+    assert third.query_params["faith_steps"] in ("8", ["8"])
+    wait_for_jobs()
+    fourth = open_page(**dict(third.query_params))
+    assert fourth.dataframe, "the finished scores are found again from the link"
+    assert list(fourth.dataframe[0].value["method"]) == ["Grad-CAM", "Occlusion"]

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .. import models
 from ..errors import ConfigError
-from . import training as T
+from . import training
+from .losses import PatternLossWeights
 
 
 def add_parser(commands) -> None:
@@ -32,8 +33,8 @@ def add_parser(commands) -> None:
                         "bundled model (on --resume: the checkpoint's)")
     t.add_argument("--color", action="store_true", help="show the classifier colour images (default: grey, sec. 4)")
     t.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate for G and D (the paper: 0.0002)")
-    t.add_argument("--weights", default="3,10,50,150", metavar="CGAN,MASK,VGG,SUBSTRATE",
-                   help="the loss weights (the paper: 3,10,50,150)")
+    t.add_argument("--weights", default="3,10,50,150", metavar="CGAN,MASK,CLASSIFIER,SUBSTRATE",
+                   help="the loss weights (the paper: 3,10,50,150; its classifier loss is L_VGG)")
     t.add_argument("--base", type=int, default=32, help="channels of G's first layer (doubling down to 8x8)")
     t.add_argument("--no-class-noise", action="store_true",
                    help="constant class tiles instead of the paper's zero-mean draw (learns class patterns in far "
@@ -54,7 +55,7 @@ def add_parser(commands) -> None:
     e.set_defaults(run=cmd_export)
 
 
-def parse_weights(text: str) -> "T.L.PatternLossWeights":
+def parse_weights(text: str) -> PatternLossWeights:
     """"3,10,50,150" -> the four loss weights, or a ConfigError sentence."""
     parts = [p.strip() for p in text.split(",")]
     try:
@@ -64,13 +65,13 @@ def parse_weights(text: str) -> "T.L.PatternLossWeights":
     if len(values) != 4:
         raise ConfigError(f"The loss weights are four numbers, cGAN, mask, classifier, substrate (the paper: "
                           f"3, 10, 50, 150); got '{text}'.")
-    return T.L.PatternLossWeights(*values)
+    return PatternLossWeights(*values)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    state = T.read_checkpoint(Path(args.checkpoint))
+    state = training.read_checkpoint(Path(args.checkpoint))
     handle = models.load_model(state["config"]["model"])
-    trainer = T.Trainer(handle, T.config_from_state(state))
+    trainer = training.Trainer(handle, training.config_from_state(state))
     trainer.load(Path(args.checkpoint))
     trainer.export_generator(Path(args.out))
     size = Path(args.out).stat().st_size
@@ -92,14 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = args.model
         checkpoint = Path(args.out) / "checkpoint.pt"
         if model is None and args.resume and checkpoint.is_file():
-            model = T.read_checkpoint(checkpoint)["config"]["model"]
-        handle = models.load_model(model or T.default_classifier())
+            model = training.read_checkpoint(checkpoint)["config"]["model"]
+        handle = models.load_model(model or training.default_classifier())
         classes = tuple(handle.class_index(c) for c in args.classes)
-        config = T.TrainConfig(classes=classes, model=handle.name, size=args.size, batch=args.batch,
-                               grayscale=not args.color, seed=args.seed, lr=args.lr, base=args.base,
-                               weights=parse_weights(args.weights), gradcam_mask=args.gradcam_mask,
-                               class_noise=not args.no_class_noise,
-                               substrates=str(Path(args.substrates).resolve()) if args.substrates else None)
+        config = training.TrainConfig(classes=classes, model=handle.name, size=args.size, batch=args.batch,
+                                      grayscale=not args.color, seed=args.seed, lr=args.lr, base=args.base,
+                                      weights=parse_weights(args.weights), gradcam_mask=args.gradcam_mask,
+                                      class_noise=not args.no_class_noise,
+                                      substrates=str(Path(args.substrates).resolve()) if args.substrates else None)
         lead = not distributed or dist.get_rank() == 0
         with tqdm_progress("train", disable=not lead) as progress:
             outcome = train_run(args.out, config, args.steps, resume=args.resume, sample_every=args.sample_every,

@@ -1,4 +1,9 @@
-"""Generation from a trained generator: a substrate plus one to three mixed classes -> a pattern."""
+"""Generation from a trained generator: a substrate plus one to three mixed classes -> a pattern.
+
+What the Patterns page shows for one substrate (the mix, what G changed and every class side by
+side, :func:`generate_all`) and how the classifier reads a pattern (:func:`classify_pattern`) are
+here, so the page only draws them (through the caches of :mod:`engine.cache`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import images
 from ..errors import CheckpointError, ConfigError
+from ..models import ModelHandle, Prediction
 from .networks import Generator, tiled_class_input
 
 
@@ -49,6 +56,13 @@ def load_generator_file(path: Path) -> LoadedGenerator:
     return load_generator(read_checkpoint(Path(path)))
 
 
+def load_generator_bytes(data: bytes, name: str) -> LoadedGenerator:
+    """An uploaded checkpoint or exported generator (``name``: the file's name, for sentences)."""
+    from .training import read_checkpoint_bytes
+
+    return load_generator(read_checkpoint_bytes(data, Path(name).name or "checkpoint.pt"))
+
+
 def check_classifier(loaded: LoadedGenerator, handle) -> str | None:
     """A sentence when the generator was trained against another classifier than ``handle``."""
     if loaded.model and loaded.model != handle.name:
@@ -67,7 +81,40 @@ def generate(loaded: LoadedGenerator, substrate: np.ndarray, weights: dict[int, 
     for index, weight in weights.items():
         active[0, index] = float(weight)
     tiles = tiled_class_input(active, generator=torch.Generator().manual_seed(seed), noise=loaded.class_noise)
-    x = torch.from_numpy(np.ascontiguousarray(substrate)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = images.to_tensor(substrate, value_range=images.SIGNED)
     with torch.inference_mode():
         y = loaded.generator(x, tiles)[0]
-    return ((y.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return images.to_uint8(y, value_range=images.SIGNED)
+
+
+@dataclass(frozen=True)
+class GeneratedPatterns:
+    """One substrate through a generator: the mix, what G changed, and each class alone (uint8 H x W x 3)."""
+
+    pattern: np.ndarray
+    change: np.ndarray  # 128 + 3 x (pattern - substrate): grey where G changed nothing
+    per_class: tuple[np.ndarray, ...]  # in the generator's class order, each at weight 1
+
+
+def change_picture(pattern: np.ndarray, substrate: np.ndarray, *, gain: int = 3) -> np.ndarray:
+    """What G changed, amplified ``gain`` times around mid-grey."""
+    difference = pattern.astype(np.int16) - substrate.astype(np.int16)
+    return np.clip(128 + gain * difference, 0, 255).astype(np.uint8)
+
+
+def generate_all(loaded: LoadedGenerator, substrate: np.ndarray, weights: dict[int, float], *,
+                 seed: int = 0) -> GeneratedPatterns:
+    """:func:`generate` for the mix and for every class alone: the N + 1 passes the page shows."""
+    pattern = generate(loaded, substrate, weights, seed=seed)
+    per_class = tuple(generate(loaded, substrate, {index: 1.0}, seed=seed) for index in range(len(loaded.class_names)))
+    return GeneratedPatterns(pattern, change_picture(pattern, substrate), per_class)
+
+
+def classify_pattern(handle: ModelHandle, picture: np.ndarray, *, grayscale: bool = False,
+                     top_k: int = 5) -> Prediction:
+    """The classifier's top classes on a pattern (uint8 H x W x 3), squared to its input size; in grey
+    (ITU-R 601 luma, as training showed it) when ``grayscale``."""
+    from .training import grey
+
+    x = images.to_tensor(images.fit_square(picture, handle.input_size), device=handle.device)
+    return handle.classify(grey(x) if grayscale else x, top_k=top_k)

@@ -6,7 +6,9 @@
   the output is from white, in [0, 1] (:func:`mask_loss`);
 * ``L_VGG = L_p + L_n`` with ``L(x) = 1/n sum (x_i - log(1 - x_i))``, ``P(v) = |t - v| * t`` on the
   whole image resized and ``N(v) = |t - v| * (1 - t)`` on three distinct random crops, the max over
-  the crops (:func:`classifier_loss`);
+  the crops (:func:`classifier_loss`). The paper calls it L_VGG because its critic is VGG16; here the
+  critic is whichever frozen classifier the run trains against (EfficientNet-Lite0 for the shipped
+  generator), so the code calls it the *classifier* loss;
 * ``L_s = |T - G| - log(1 - |(T - G) / 2|^2)`` -- stay close to the substrate (:func:`substrate_loss`),
   averaged over pixels.
 
@@ -23,15 +25,33 @@ import torch.nn.functional as F
 EPS = 1e-6
 
 
+LEGACY_NAMES = {"vgg": "classifier"}  # what older checkpoints, config.json and log.csv files call a term
+
+
 @dataclass(frozen=True)
 class PatternLossWeights:
+    """The weights of sec. 3's total, ``3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s``.
+
+    ``classifier`` weighs the paper's L_VGG (the loss against the frozen critic, VGG16 in the paper).
+    """
+
     cgan: float = 3.0
     mask: float = 10.0
-    vgg: float = 50.0
+    classifier: float = 50.0
     substrate: float = 150.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PatternLossWeights":
+        """From :meth:`as_dict`'s shape, or an older file's (where ``classifier`` was ``vgg``)."""
+        return cls(**current_names(values))
+
+
+def current_names(values: dict) -> dict:
+    """``values`` with older term names (``vgg``) renamed to today's (``classifier``)."""
+    return {LEGACY_NAMES.get(name, name): value for name, value in values.items()}
 
 
 def cgan_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -72,7 +92,8 @@ def negative_term(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_loss(resized_probs: torch.Tensor, crop_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L_VGG = L(P(c_r)) + max over crops of L(N(c_k)), averaged over the batch.
+    """The paper's L_VGG (its critic is VGG16): L(P(c_r)) + max over crops of L(N(c_k)), averaged
+    over the batch.
 
     ``resized_probs`` (B, n): the classifier's probabilities of the n classes on the whole image;
     ``crop_probs`` (B, crops, n) on each crop; ``target`` (B, n) in {0, 1}.

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import images
 from ..models import ModelHandle
 from .generate import LoadedGenerator
 from .networks import tiled_class_input
-from .substrates import substrate_batch, to_tensor_pm1
+from .substrates import substrate_batch, substrate_tensors
 from .training import classifier_view
 
 HELD_OUT_SEED = 2_000_000_011  # training draws substrate seeds from seed * 1_000_003 + step * 64 + rank
@@ -37,8 +38,13 @@ class ClassQuality:
 
 
 def held_out_substrates(count: int, size: int) -> torch.Tensor:
-    images, _ = to_tensor_pm1(substrate_batch(count, size, seed=HELD_OUT_SEED, augmented=True))
-    return images
+    pictures, _ = substrate_tensors(substrate_batch(count, size, seed=HELD_OUT_SEED, augmented=True))
+    return pictures
+
+
+def as_saved(pictures: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] snapped to what a saved 8-bit PNG holds."""
+    return images.to_tensor(images.to_uint8(pictures, value_range=images.SIGNED), value_range=images.SIGNED)
 
 
 def _probs(handle: ModelHandle, images_pm1: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
@@ -60,7 +66,7 @@ def evaluate(loaded: LoadedGenerator, handle: ModelHandle, second: ModelHandle |
                                   noise=loaded.class_noise)
         with torch.inference_mode():
             patterns = loaded.generator(substrates, tiles)
-        patterns = ((patterns + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1  # what a saved PNG holds
+        patterns = as_saved(patterns)
         colour = _probs(handle, patterns, grayscale=False)[:, class_id]
         greyed = _probs(handle, patterns, grayscale=True)[:, class_id]
         top5 = top5_grey = None

@@ -3,7 +3,8 @@ and mask losses (sec. 3), for a pattern in well under a minute on a CPU.
 
 The pixels are the parameters (in [-1, 1], projected after each Adam step); the objective is
 ``50 L_VGG + 150 L_s + 10 L_m`` -- the generator's objective without the adversarial term, which
-needs a discriminator. Every step sees the whole image resized (the positive class) and three fresh
+needs a discriminator. L_VGG, the loss against the frozen critic (VGG16 in the paper), is weighted by
+``classifier``. Every step sees the whole image resized (the positive class) and three fresh
 random crops (the others).
 """
 
@@ -14,10 +15,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .. import images
 from ..errors import ConfigError
 from ..models import ModelHandle
 from ..progress import Progress, report
-from . import losses as L
+from . import losses
 from .training import class_probabilities
 
 
@@ -25,7 +27,7 @@ from .training import class_probabilities
 class QuickConfig:
     steps: int = 80
     lr: float = 0.03
-    vgg: float = 50.0
+    classifier: float = 50.0  # the paper's L_VGG
     substrate: float = 150.0
     mask: float = 10.0
     grayscale: bool = False
@@ -54,9 +56,9 @@ def quick_pattern(handle: ModelHandle, substrate: np.ndarray, background: np.nda
     weights = weights or [1.0] * len(classes)
     if len(weights) != len(classes) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ConfigError("Give one non-negative mixing weight per class, not all zero.")
-    target = torch.tensor([weights], dtype=torch.float32) / sum(weights)
+    target = (torch.tensor([weights], dtype=torch.float32) / sum(weights)).to(handle.device)
     ids = torch.tensor([handle.class_index(c) for c in classes])
-    original = torch.from_numpy(np.ascontiguousarray(substrate)).permute(2, 0, 1)[None].float().to(handle.device) / 127.5 - 1
+    original = images.to_tensor(substrate, device=handle.device, value_range=images.SIGNED)
     mask = torch.from_numpy(np.ascontiguousarray(background))[None, None].float().to(handle.device)
     image = original.clone().requires_grad_(True)
     optimiser = torch.optim.Adam([image], lr=config.lr)
@@ -65,10 +67,11 @@ def quick_pattern(handle: ModelHandle, substrate: np.ndarray, background: np.nda
     for step in range(config.steps):
         with torch.enable_grad():
             resized = class_probabilities(handle, image, ids, grayscale=config.grayscale)
-            crops, _ = L.random_crops(image, generator=generator)
+            crops, _ = losses.random_crops(image, generator=generator)
             crop_probs = class_probabilities(handle, crops.flatten(0, 1), ids, grayscale=config.grayscale)
-            total = (config.vgg * L.classifier_loss(resized, crop_probs.view(1, 3, -1), target)
-                     + config.substrate * L.substrate_loss(original, image) + config.mask * L.mask_loss(image, mask))
+            total = (config.classifier * losses.classifier_loss(resized, crop_probs.view(1, 3, -1), target)
+                     + config.substrate * losses.substrate_loss(original, image)
+                     + config.mask * losses.mask_loss(image, mask))
             optimiser.zero_grad(set_to_none=True)
             total.backward()
         optimiser.step()
@@ -77,5 +80,5 @@ def quick_pattern(handle: ModelHandle, substrate: np.ndarray, background: np.nda
         probs_log.append(float(resized.detach()[0].max()))
         totals.append(float(total.detach()))
         report(progress, (step + 1) / config.steps, f"step {step + 1}: loss {totals[-1]:.3f}")
-    pixels = ((image.detach()[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    pixels = images.to_uint8(image.detach()[0], value_range=images.SIGNED)
     return QuickResult(pixels, np.array(probs_log), np.array(totals), config.as_dict())

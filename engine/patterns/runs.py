@@ -26,18 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import images as I
+from .. import images
 from ..errors import CheckpointError, ConfigError, DatasetError, GlassboxError
+from ..io import cache_root, write_bytes_atomic, write_json_atomic
 from ..progress import Progress
-from . import training as T
+from . import training
+from .losses import current_names
 from .substrates import MIN_SUBSTRATES, load_substrate_folder  # noqa: F401 -- re-exported for the page
 
 
-
 def runs_root() -> Path:
-    """Where the page keeps its runs: ``$GLASSBOX_CACHE/pattern-runs`` (default ~/.cache/glassbox)."""
-    base = Path(os.environ.get("GLASSBOX_CACHE") or Path.home() / ".cache" / "glassbox")
-    return base / "pattern-runs"
+    """Where the page keeps its runs: ``pattern-runs`` in :func:`engine.io.cache_root`
+    (``$GLASSBOX_CACHE``, default ~/.cache/glassbox)."""
+    return cache_root() / "pattern-runs"
 
 
 def safe_run_name(name: str) -> str:
@@ -58,14 +59,19 @@ def save_uploads(folder: Path, uploads: list[tuple[str, bytes]]) -> list[str]:
     checked = []
     for name, data in uploads:
         try:
-            picture = I.decode_image(data)
+            picture = images.decode_image(data)
         except GlassboxError as error:
             raise DatasetError(f"{name}: {error}") from None
-        checked.append((f"{len(checked):03d}.png", I.to_png_bytes(np.asarray(picture))))
+        checked.append((f"{len(checked):03d}.png", images.to_png_bytes(np.asarray(picture))))
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in checked:
         (folder / name).write_bytes(data)
     return [name for name, _ in checked]
+
+
+def write_run_config(folder: Path, config: training.TrainConfig, class_names: list[str]) -> None:
+    """``config.json``: the TrainConfig and the class names (what the page lists and summarises)."""
+    write_json_atomic(Path(folder) / "config.json", {**config.as_dict(), "class_names": list(class_names)})
 
 
 # -- the loop -------------------------------------------------------------------------------------------
@@ -77,7 +83,7 @@ class RunOutcome:
     stopped: bool  # stopped early on request (the checkpoint holds the last step)
 
 
-def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, *, resume: bool = False,
+def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps: int, *, resume: bool = False,
               sample_every: int = 200, checkpoint_every: int = 200, distributed: bool = False,
               device: str | None = None, progress: Progress | None = None) -> RunOutcome:
     """Train until ``steps`` steps in total, writing the run folder (see the module docstring).
@@ -93,7 +99,7 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
     if resume:
         if not checkpoint.is_file():
             raise CheckpointError(f"There is no checkpoint at {checkpoint} to resume from yet.")
-        saved = T.config_from_state(T.read_checkpoint(checkpoint))
+        saved = training.config_from_state(training.read_checkpoint(checkpoint))
         if config is not None and (tuple(config.classes) != saved.classes or config.size != saved.size):
             raise CheckpointError(f"This checkpoint was trained on classes {list(saved.classes)} at {saved.size} px; "
                                   f"the run asks for {list(config.classes)} at {config.size} px.")
@@ -101,7 +107,7 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
     elif config is None:
         raise ConfigError("A new run needs its settings.")
     handle = models.load_model(config.model, device=device)
-    trainer = T.Trainer(handle, config, distributed=distributed)
+    trainer = training.Trainer(handle, config, distributed=distributed)
     if resume:
         trainer.load(checkpoint)
     if steps <= trainer.steps_done:
@@ -109,8 +115,7 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
     lead = trainer.rank == 0
     if lead:
         (out / "samples").mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({**config.as_dict(), "class_names": [
-            handle.class_names[c] for c in config.classes]}, indent=2))
+        write_run_config(out, config, [handle.class_names[c] for c in config.classes])
         truncate_log(out / "log.csv", trainer.steps_done)
         truncate_log(out / "samples.csv", trainer.steps_done)
     log = (out / "log.csv").open("a") if lead else None
@@ -146,12 +151,12 @@ def train_run(out: str | os.PathLike, config: T.TrainConfig | None, steps: int, 
     return RunOutcome(str(out), trainer.steps_done, stopped)
 
 
-def write_samples(trainer: T.Trainer, out: Path) -> None:
+def write_samples(trainer: training.Trainer, out: Path) -> None:
     """The sample grid PNG, and each class's mean probability on its column (the classifier sees the
     8-bit colour picture, as a user would) appended to ``samples.csv``."""
-    grid = T.sample_grid(trainer)
+    grid = training.sample_grid(trainer)
     step = trainer.steps_done
-    write_atomic(out / "samples" / f"step_{step:06d}.png", I.to_png_bytes(grid))
+    write_bytes_atomic(out / "samples" / f"step_{step:06d}.png", images.to_png_bytes(grid))
     probs = sample_probabilities(trainer, grid)
     path = out / "samples.csv"
     truncate_log(path, step - 1)
@@ -161,24 +166,24 @@ def write_samples(trainer: T.Trainer, out: Path) -> None:
         table.write(f"{step}," + ",".join(f"{p:.6g}" for p in probs) + "\n")
 
 
-def sample_probabilities(trainer: T.Trainer, grid: np.ndarray) -> list[float]:
+def sample_probabilities(trainer: training.Trainer, grid: np.ndarray) -> list[float]:
     """Mean p(class) over the sample grid's column of that class."""
     import torch
 
     size, classes = trainer.config.size, len(trainer.config.classes)
     rows = grid.shape[0] // size
     cells = [grid[r * size:(r + 1) * size, (c + 1) * size:(c + 2) * size] for c in range(classes) for r in range(rows)]
-    x = torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = images.to_tensor(np.stack(cells), device=trainer.handle.device, value_range=images.SIGNED)
     with torch.no_grad(), trainer.handle.lock:
-        probs = T.class_probabilities(trainer.handle, x.to(trainer.handle.device), trainer.classes.to(
-            trainer.handle.device), grayscale=False).cpu()
+        probs = training.class_probabilities(trainer.handle, x, trainer.classes.to(trainer.handle.device),
+                                             grayscale=False).cpu()
     return [float(probs[c * rows:(c + 1) * rows, c].mean()) for c in range(classes)]
 
 
-def save_checkpoint(trainer: T.Trainer, path: Path) -> None:
+def save_checkpoint(trainer: training.Trainer, path: Path) -> None:
     """The checkpoint, then a small ``checkpoint.json`` with its step count for pages that poll."""
     trainer.save(path)
-    write_atomic(path.with_suffix(".json"), json.dumps({"steps": trainer.steps_done}).encode())
+    write_bytes_atomic(path.with_suffix(".json"), json.dumps({"steps": trainer.steps_done}).encode())
 
 
 def checkpoint_steps(folder: Path) -> int | None:
@@ -192,15 +197,9 @@ def checkpoint_steps(folder: Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        return int(T.read_checkpoint(checkpoint)["steps"])
+        return int(training.read_checkpoint(checkpoint)["steps"])
     except CheckpointError:
         return None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def truncate_log(path: Path, steps: int) -> None:
@@ -240,7 +239,8 @@ class RunView:
 
 
 def read_log(path: Path) -> dict[str, np.ndarray]:
-    """log.csv as columns; a half-written last line (the trainer is mid-write) is skipped."""
+    """log.csv as columns; a half-written last line (the trainer is mid-write) is skipped. Older runs'
+    columns get today's names (``vgg`` is ``classifier``)."""
     if not path.is_file():
         return {}
     text = path.read_text()
@@ -254,7 +254,7 @@ def read_log(path: Path) -> dict[str, np.ndarray]:
         values = np.array(body, dtype=np.float64).reshape(len(body), len(header))
     except ValueError:
         return {}
-    return {name: values[:, i] for i, name in enumerate(header)}
+    return current_names({name: values[:, i] for i, name in enumerate(header)})
 
 
 def view_run(folder: Path) -> RunView:
@@ -265,6 +265,8 @@ def view_run(folder: Path) -> RunView:
             config = json.loads((folder / "config.json").read_text())
         except ValueError:
             config = None
+    if isinstance(config, dict) and isinstance(config.get("weights"), dict):
+        config["weights"] = current_names(config["weights"])  # an older run's "vgg" is "classifier"
     samples = sorted((folder / "samples").glob("step_*.png")) if (folder / "samples").is_dir() else []
     return RunView(folder, config, read_log(folder / "log.csv"), samples[-1] if samples else None,
                    read_log(folder / "samples.csv"), checkpoint_steps(folder))

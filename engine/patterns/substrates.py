@@ -152,10 +152,16 @@ def substrate_batch(count: int, size: int, *, seed: int = 0, augmented: bool = T
     return batch
 
 
-def to_tensor_pm1(substrates: list[Substrate]):
-    """(B, 3, S, S) in [-1, 1] and (B, 1, S, S) background masks, for G and the losses."""
+def substrate_tensors(substrates: list[Substrate]):
+    """(B, 3, S, S) in [-1, 1] (G's tanh range) and (B, 1, S, S) background masks, for G and the losses."""
     import torch
 
-    images = torch.from_numpy(np.stack([s.image for s in substrates])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    from ..images import SIGNED, to_tensor
+
+    # channels-last: the layout these tensors always had (a permuted view of the pixels), so training
+    # runs stay bit-identical to the recorded ones (assets/patterns/README.md): conv and resize
+    # kernels round differently in the two layouts.
+    pictures = to_tensor(np.stack([s.image for s in substrates]), value_range=SIGNED)
+    pictures = pictures.contiguous(memory_format=torch.channels_last)
     background = torch.from_numpy(np.stack([s.background for s in substrates]))[:, None].float()
-    return images, background
+    return pictures, background

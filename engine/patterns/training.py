@@ -7,7 +7,8 @@ One step, as the paper describes it:
 3. D ascends L_cGAN on real pairs (x, x) -- the auxiliary set's own photos are the "real world" D
    knows (sec. 5: the cGAN only judges whether the output looks like a real photo) -- and fake
    pairs (x, y);
-4. G descends ``3 E[log(1 - D(x, y))] + 10 L_m + 50 L_VGG + 150 L_s``, the classifier seeing the
+4. G descends ``3 E[log(1 - D(x, y))] + 10 L_m + 50 L_VGG + 150 L_s`` (L_VGG, the loss against the
+   frozen critic, is ``classifier`` in the code: the critic need not be VGG16), the classifier seeing the
    whole image resized (positive class) and three random crops (negative classes), in grey when
    ``grayscale`` is on (the paper found that better).
 
@@ -18,8 +19,7 @@ DistributedDataParallel averages the gradients; rank 0 writes the checkpoints.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,11 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import images, saliency
 from ..errors import CheckpointError, ConfigError
+from ..io import atomic_path
 from ..models import ModelHandle
-from . import losses as L
+from . import losses
 from .networks import Discriminator, Generator, tiled_class_input
-from .substrates import augment, load_substrate_folder, substrate_batch, to_tensor_pm1
+from .substrates import augment, load_substrate_folder, substrate_batch, substrate_tensors
 
 CHECKPOINT_VERSION = 1
 
@@ -46,7 +48,7 @@ class TrainConfig:
     batch: int = 2
     lr: float = 2e-4
     beta1: float = 0.5
-    weights: L.PatternLossWeights = field(default_factory=L.PatternLossWeights)
+    weights: losses.PatternLossWeights = field(default_factory=losses.PatternLossWeights)
     grayscale: bool = True
     crops: int = 3
     seed: int = 0
@@ -88,9 +90,9 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand(-1, 3, -1, -1)
 
 
-def classifier_view(handle: ModelHandle, images: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
+def classifier_view(handle: ModelHandle, pictures: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
     """Images in [-1, 1] as the classifier takes them: [0, 1], grey if asked, at its input size."""
-    x = (images + 1) / 2
+    x = (pictures + 1) / 2
     if grayscale:
         x = grey(x)
     if x.shape[-1] != handle.input_size:
@@ -99,30 +101,28 @@ def classifier_view(handle: ModelHandle, images: torch.Tensor, *, grayscale: boo
     return x
 
 
-def class_probabilities(handle: ModelHandle, images: torch.Tensor, classes: torch.Tensor, *,
+def class_probabilities(handle: ModelHandle, pictures: torch.Tensor, classes: torch.Tensor, *,
                         grayscale: bool) -> torch.Tensor:
     """The frozen classifier's probabilities of the chosen classes, (B, n), for images in [-1, 1];
     the gradient flows back to the images."""
-    return handle.logits(classifier_view(handle, images, grayscale=grayscale)).softmax(1)[:, classes]
+    return handle.logits(classifier_view(handle, pictures, grayscale=grayscale)).softmax(1)[:, classes]
 
 
-def gradcam_weights(handle: ModelHandle, images: torch.Tensor, class_ids: torch.Tensor, *,
+def gradcam_weights(handle: ModelHandle, pictures: torch.Tensor, class_ids: torch.Tensor, *,
                     grayscale: bool) -> torch.Tensor:
     """The Grad-CAM masking extension (end of sec. 4), (B, 1, S, S) in [0, 1], no gradient.
 
-    Grad-CAM (Selvaraju et al., eq. 1-2) of each image's active class on the current output, at the
-    classifier's CAM layer, scaled to a maximum of 1 and upsampled: where the classifier already
-    sees the class. The substrate loss is multiplied by ``1 - map`` there, so the pattern is free to
-    form where it works and the rest of the garment is held to the substrate -- the "better
-    separation between substrate image and the generated picture" the paper reports.
+    :class:`engine.saliency.GradCAM` (Selvaraju et al., eq. 1-2) of each image's active class on the
+    current output, at the classifier's CAM layer, in one batched head-only backward under the
+    handle's lock; each map scaled to a maximum of 1 and upsampled to the image: where the
+    classifier already sees the class. The substrate loss is multiplied by ``1 - map`` there, so the
+    pattern is free to form where it works and the rest of the garment is held to the substrate --
+    the "better separation between substrate image and the generated picture" the paper reports.
     """
-    from ..hooks import layer_gradient
-
-    x = classifier_view(handle, images.detach(), grayscale=grayscale)
-    result = layer_gradient(handle, x, None, [int(c) for c in class_ids])
-    cam = torch.relu((result.gradients.mean(dim=(2, 3), keepdim=True) * result.activations).sum(1, keepdim=True))
-    cam = cam / cam.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+    x = classifier_view(handle, pictures.detach(), grayscale=grayscale)
+    cam = saliency.GradCAM(handle).cam(x, [int(c) for c in class_ids])  # (B, h, w) at the layer's size
+    cam = cam / cam.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    return saliency.upsample(cam, tuple(pictures.shape[-2:]))[:, None].clamp(0, 1)
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
@@ -162,50 +162,50 @@ class Trainer:
             rng = np.random.default_rng([seed, 7])
             picks = rng.choice(len(self.pool), size=self.config.batch, replace=len(self.pool) < self.config.batch)
             substrates = [augment(self.pool[int(i)], rng) for i in picks]
-        images, background = to_tensor_pm1(substrates)
+        pictures, background = substrate_tensors(substrates)
         rng = step_generator(self.config.seed, step, self.rank)
         active = int(torch.randint(len(self.config.classes), (1,), generator=rng))
         target = torch.zeros(self.config.batch, len(self.config.classes))
         target[:, active] = 1.0
-        return images, background, target, rng
+        return pictures, background, target, rng
 
-    def generator_losses(self, images, background, target, output, rng) -> dict[str, torch.Tensor]:
+    def generator_losses(self, substrates, background, target, output, rng) -> dict[str, torch.Tensor]:
         """Every term of G's objective (unweighted) and their weighted total."""
         weights = self.config.weights
         resized = class_probabilities(self.handle, output, self.classes, grayscale=self.config.grayscale)
-        crops, _ = L.random_crops(output, count=self.config.crops, generator=rng)
+        crops, _ = losses.random_crops(output, count=self.config.crops, generator=rng)
         flat = crops.flatten(0, 1)
         crop_probs = class_probabilities(self.handle, flat, self.classes, grayscale=self.config.grayscale)
         crop_probs = crop_probs.view(output.shape[0], self.config.crops, -1)
         terms = {
-            "adversarial": L.generator_adversarial_loss(self.d_model(images, output)),
-            "mask": L.mask_loss(output, background),
-            "vgg": L.classifier_loss(resized, crop_probs, target),
-            "substrate": self.substrate_term(images, output, target),
+            "adversarial": losses.generator_adversarial_loss(self.d_model(substrates, output)),
+            "mask": losses.mask_loss(output, background),
+            "classifier": losses.classifier_loss(resized, crop_probs, target),  # the paper's L_VGG
+            "substrate": self.substrate_term(substrates, output, target),
             "target_prob": (resized * target).sum(1).mean().detach(),
         }
         terms["total"] = (weights.cgan * terms["adversarial"] + weights.mask * terms["mask"]
-                          + weights.vgg * terms["vgg"] + weights.substrate * terms["substrate"])
+                          + weights.classifier * terms["classifier"] + weights.substrate * terms["substrate"])
         return terms
 
-    def substrate_term(self, images, output, target) -> torch.Tensor:
+    def substrate_term(self, substrates, output, target) -> torch.Tensor:
         if not self.config.gradcam_mask:
-            return L.substrate_loss(images, output)
+            return losses.substrate_loss(substrates, output)
         active = self.classes[target.argmax(1)]
         keep = 1 - gradcam_weights(self.handle, output, active, grayscale=self.config.grayscale)
-        return L.substrate_loss(images, output, weight=keep)
+        return losses.substrate_loss(substrates, output, weight=keep)
 
     def step(self) -> dict[str, float]:
         """One step of D, then one of G; returns the losses as numbers."""
-        images, background, target, rng = self.batch(self.steps_done)
+        substrates, background, target, rng = self.batch(self.steps_done)
         tiles = tiled_class_input(target, generator=rng, noise=self.config.class_noise)
         with torch.enable_grad():
-            output = self.g_model(images, tiles)
-            d_value = L.cgan_loss(self.d_model(images, images), self.d_model(images, output.detach()))
+            output = self.g_model(substrates, tiles)
+            d_value = losses.cgan_loss(self.d_model(substrates, substrates), self.d_model(substrates, output.detach()))
             self.d_opt.zero_grad(set_to_none=True)
             (-d_value).backward()  # D maximises L_cGAN
             self.d_opt.step()
-            terms = self.generator_losses(images, background, target, output, rng)
+            terms = self.generator_losses(substrates, background, target, output, rng)
             self.g_opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             self.g_opt.step()
@@ -222,22 +222,12 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Atomically: a crash mid-write leaves the previous checkpoint whole."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-            torch.save(self.state(), handle)
-        os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes it private
-        os.replace(handle.name, path)
+        write_checkpoint(self.state(), path)
 
     def export_generator(self, path: Path) -> None:
         """The generator alone (no D, no optimiser state): the small file a page generates from."""
-        state = {k: v for k, v in self.state().items() if k not in ("discriminator", "g_opt", "d_opt")}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-            torch.save(state, handle)
-        os.chmod(handle.name, 0o644)
-        os.replace(handle.name, path)
+        write_checkpoint({k: v for k, v in self.state().items() if k not in ("discriminator", "g_opt", "d_opt")},
+                         path)
 
     def load(self, path: Path) -> None:
         state = read_checkpoint(path)
@@ -256,13 +246,20 @@ class Trainer:
 
 
 def config_from_state(state: dict) -> TrainConfig:
-    """The TrainConfig a checkpoint was written with (older checkpoints lack the newer options)."""
+    """The TrainConfig a checkpoint was written with (older checkpoints lack the newer options and
+    call the classifier loss's weight ``vgg``)."""
     config = dict(state["config"])
     known = set(TrainConfig.__dataclass_fields__)
     config = {k: v for k, v in config.items() if k in known}
     config["classes"] = tuple(config["classes"])
-    config["weights"] = L.PatternLossWeights(**config.get("weights", {}))
+    config["weights"] = losses.PatternLossWeights.from_dict(config.get("weights", {}))
     return TrainConfig(**config)
+
+
+def write_checkpoint(state: dict, path: Path) -> None:
+    """``torch.save`` through :func:`engine.io.atomic_path`: readers see the old file or the new one."""
+    with atomic_path(path) as temporary:
+        torch.save(state, temporary)
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -273,8 +270,21 @@ def read_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"There is no checkpoint at {path}.") from None
     except Exception as error:  # noqa: BLE001 -- any unreadable file is a sentence, not a traceback
         raise CheckpointError(f"{Path(path).name} is not a pattern-generator checkpoint ({type(error).__name__}).") from None
+    return checked_checkpoint(state, Path(path).name)
+
+
+def read_checkpoint_bytes(data: bytes, name: str) -> dict:
+    """:func:`read_checkpoint` for an uploaded file's bytes (``name`` is the file's name, for sentences)."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- any unreadable file is a sentence, not a traceback
+        raise CheckpointError(f"{name} is not a pattern-generator checkpoint ({type(error).__name__}).") from None
+    return checked_checkpoint(state, name)
+
+
+def checked_checkpoint(state, name: str) -> dict:
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "generator" not in state:
-        raise CheckpointError(f"{Path(path).name} is not a pattern-generator checkpoint of this version.")
+        raise CheckpointError(f"{name} is not a pattern-generator checkpoint of this version.")
     return state
 
 
@@ -282,19 +292,18 @@ def sample_grid(trainer: Trainer, substrates: int = 3, seed: int = 12345) -> np.
     """Fixed substrates (rows) x each class (columns), uint8: the grid the CLI saves as it trains."""
     config = trainer.config
     if trainer.pool is None:
-        images, _ = to_tensor_pm1(substrate_batch(substrates, config.size, seed=seed, augmented=False))
+        pictures, _ = substrate_tensors(substrate_batch(substrates, config.size, seed=seed, augmented=False))
     else:
         substrates = min(substrates, len(trainer.pool))
-        images, _ = to_tensor_pm1(trainer.pool[:substrates])
+        pictures, _ = substrate_tensors(trainer.pool[:substrates])
     rows = []
     with torch.no_grad():
         for index in range(substrates):
-            row = [images[index]]
+            row = [pictures[index]]
             for c in range(len(config.classes)):
                 target = torch.zeros(1, len(config.classes))
                 target[0, c] = 1.0
                 tiles = tiled_class_input(target, generator=torch.Generator().manual_seed(seed + c), noise=config.class_noise)
-                row.append(trainer.generator(images[index:index + 1], tiles)[0])
+                row.append(trainer.generator(pictures[index:index + 1], tiles)[0])
             rows.append(torch.cat(row, 2))
-    grid = torch.cat(rows, 1)
-    return ((grid.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return images.to_uint8(torch.cat(rows, 1), value_range=images.SIGNED)

@@ -12,8 +12,9 @@ STARTS: dict[str, int] = {}  # tag -> how many times slow_count began (shared wi
 
 
 def slow_count(steps: int, step_s: float, tag: str | None = None, counter: list | None = None,
-               progress=None) -> int:
-    """Count to ``steps``, sleeping ``step_s`` per step, reporting before each step."""
+               progress=None, observer=None, payload_bytes: int = 0) -> int:
+    """Count to ``steps``, sleeping ``step_s`` per step, reporting before each step; with an
+    ``observer``, record each step (with ``payload_bytes`` of data, like an inversion snapshot)."""
     if tag is not None:
         STARTS[tag] = STARTS.get(tag, 0) + 1
     for i in range(steps):
@@ -21,6 +22,8 @@ def slow_count(steps: int, step_s: float, tag: str | None = None, counter: list 
         time.sleep(step_s)
         if counter is not None:
             counter[0] += 1
+        if observer is not None:
+            observer.append({"step": i + 1, "payload": bytes(payload_bytes)})
     report(progress, 1.0, "Counted.")
     return steps
 

@@ -1,0 +1,481 @@
+"""Attacks as a registry with one verb: ``run(handle, x, target, config, progress, observer)``.
+
+Every entry is a class with a ``key``, a ``label`` and a frozen ``Config`` of keyword settings with
+the paper's defaults; :meth:`Attack.run` owns the plumbing (one image, the 8-bit grid, the target,
+the per-step record, progress and cancellation, the result) and an entry overrides one small
+function, :meth:`Attack.perturb`. Every run returns the same :class:`AttackResult`, and
+:func:`manifest` is the one manifest the page's download and the CLI's file share.
+
+* ``relabel`` -- Robinson & Graham (2015), eq. 1-2: one-level sign-gradient steps until the target
+  is top-1, under the distortion cap of eq. 3 (the paper's experiments live in
+  :mod:`engine.relabel`).
+* ``fgsm`` / ``pgd`` -- the lecture's ("Fooling ConvNets") FGSM and PGD, through captum, in 8-bit
+  levels; untargeted (away from the image's own class) or towards a target.
+* ``leastlikely`` -- targeted PGD towards the class the model finds least likely.
+
+Each step's record (target and original probability, top-1, distortion) comes from the forward
+pass the step's gradient comes from, so watching a run costs nothing extra; ``observer`` (a page's
+job record log) receives each record as it happens.
+
+Adding an attack is one class (decorated with :func:`register`) plus one line in the shared test's
+expectations: ``tests/test_attacks.py`` runs every entry through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import images, io, relabel
+from .errors import ConfigError
+from .models import ModelHandle, Prediction
+from .progress import Progress, report
+
+# Outcomes. A targeted run succeeds when the target is top-1, an untargeted one when the top-1
+# is no longer the image's own class.
+RELABELLED = "relabelled"
+CAP_REACHED = "cap reached"
+STEP_LIMIT = "step limit reached"
+LABEL_CHANGED = "label changed"
+LABEL_KEPT = "label kept"
+SUCCEEDED = (RELABELLED, LABEL_CHANGED)
+
+Observer = Any  # anything with .append(dict): a list, or a job's RecordLog
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What every attack returns: the attacked image and the record of every step (plain numbers).
+
+    The per-step arrays have one entry per forward pass, before each step and at the end
+    (``steps + 1`` entries; FGSM has two). For an untargeted run ``target`` is None and
+    ``target_prob`` holds the strongest other class's probability.
+    """
+
+    attack: str  # the registry key
+    image: np.ndarray  # H x W x 3 uint8: exactly what the model classified at the end
+    original: np.ndarray  # H x W x 3 uint8: the image the run started from
+    original_class: int
+    final_class: int
+    target: int | None
+    outcome: str
+    steps: int
+    target_prob: np.ndarray
+    original_prob: np.ndarray
+    top1: np.ndarray
+    distortion: np.ndarray  # eq. 3 against the original, per step
+    linf_levels: int  # largest change of any value, in 8-bit levels
+    final_probs: np.ndarray  # (classes,) of the final image
+    config: dict
+
+    @property
+    def succeeded(self) -> bool:
+        return self.outcome in SUCCEEDED
+
+    @property
+    def final_distortion(self) -> float:
+        return float(self.distortion[-1])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a result reads to a person: a tone (success, warning or info) and one markdown sentence."""
+
+    tone: str
+    text: str
+
+
+# ---------------------------------------------------------------------------------------------
+# The record of one run
+
+
+class Trail:
+    """One run's per-step records: the curve a page draws live and the result keeps.
+
+    :meth:`observe` takes a forward pass's logits on the image they came from and records the step;
+    an attack calls it once per forward pass it makes anyway.
+    """
+
+    def __init__(self, original: torch.Tensor, target: int | None, progress: Progress | None,
+                 observer: Observer | None) -> None:
+        self.original = original
+        self.target = target
+        self.original_class: int | None = None
+        self.progress, self.observer = progress, observer
+        self.columns: dict[str, list] = {"target": [], "original": [], "top1": [], "distortion": []}
+        self.last_image: torch.Tensor | None = None
+        self.last_probs: torch.Tensor | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.columns["top1"])
+
+    def observe(self, image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Record the step whose forward pass gave ``logits``; return its probabilities."""
+        probs = logits.detach()[:1].float().softmax(1)[0]
+        top1 = int(probs.argmax())
+        if self.original_class is None:
+            self.original_class = top1
+        record = {"target": self._target_prob(probs), "original": float(probs[self.original_class]),
+                  "top1": top1, "distortion": relabel.distortion_rms(image, self.original)}
+        for name, value in record.items():
+            self.columns[name].append(value)
+        if self.observer is not None:  # a page plots the run live from the job's records
+            self.observer.append(record)
+        self.last_image, self.last_probs = image.detach(), probs
+        return probs
+
+    def _target_prob(self, probs: torch.Tensor) -> float:
+        if self.target is not None:
+            return float(probs[self.target])
+        rivals = probs.clone()
+        rivals[self.original_class] = -1.0
+        return float(rivals.max())
+
+    def report(self, fraction: float, message: str) -> None:
+        """Progress; raises :class:`~engine.errors.Cancelled` when the callback says stop."""
+        report(self.progress, fraction, message)
+
+    def watched(self, handle: ModelHandle, total_steps: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A forward function that records each step and reports progress before it (for captum)."""
+        def forward(image: torch.Tensor) -> torch.Tensor:
+            logits = handle.logits(image)
+            self.observe(image, logits)
+            done = self.count - 1
+            self.report(done / max(total_steps, 1),
+                        f"step {done + 1} of {total_steps}: p(target) {self.columns['target'][-1]:.3f}")
+            return logits
+        return forward
+
+    def finish(self, handle: ModelHandle, image: torch.Tensor) -> None:
+        """Make sure the last record is of ``image`` itself (one more forward pass if it is not)."""
+        if self.last_image is None or not torch.equal(self.last_image, image):
+            with torch.inference_mode():
+                self.observe(image, handle.logits(image))
+
+    def outcome(self) -> str:
+        """The outcome of a run with a fixed budget, read from its last record."""
+        top1 = self.columns["top1"][-1]
+        if self.target is not None:
+            return RELABELLED if top1 == self.target else STEP_LIMIT
+        return LABEL_CHANGED if top1 != self.original_class else LABEL_KEPT
+
+    def result(self, key: str, image: torch.Tensor, outcome: str, config: Any) -> AttackResult:
+        columns = {name: np.array(values) for name, values in self.columns.items()}
+        return AttackResult(
+            attack=key, image=images.to_uint8(image), original=images.to_uint8(self.original),
+            original_class=int(self.original_class), final_class=int(columns["top1"][-1]), target=self.target,
+            outcome=outcome, steps=self.count - 1, target_prob=columns["target"], original_prob=columns["original"],
+            top1=columns["top1"], distortion=columns["distortion"], linf_levels=relabel.linf_levels(image, self.original),
+            final_probs=self.last_probs.cpu().numpy(), config=config.as_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# The base class and the registry
+
+
+class Attack:
+    """Base of every attack: validates, puts the image on the 8-bit grid, picks the target, keeps
+    the record and builds the result. An entry sets the class attributes and overrides
+    :meth:`perturb` (and :meth:`choose_target` if it picks its own target)."""
+
+    key: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    Config: ClassVar[type]  # a frozen dataclass with as_dict() and check()
+    needs_target: ClassVar[bool] = False  # True: cannot run without a target class (relabel)
+    own_target: ClassVar[str | None] = None  # the target it picks for itself, e.g. "least likely"
+
+    @classmethod
+    def run(cls, handle: ModelHandle, x: torch.Tensor, target: int | str | None = None, config: Any = None,
+            progress: Progress | None = None, observer: Observer | None = None) -> AttackResult:
+        """Attack one image (1, 3, H, W) in [0, 1]; the caller's tensor is left untouched."""
+        config = cls.check_config(config)
+        if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ConfigError(f"{cls.label} works on one image at a time, shape (1, 3, H, W), "
+                              f"not {tuple(x.shape)}.")
+        original = images.quantize(x.detach().to(handle.device, torch.float32))
+        target = cls.choose_target(handle, original, target)
+        trail = Trail(original, target, progress, observer)
+        final, outcome = cls.perturb(handle, original, target, config, trail)
+        final = final.detach()
+        trail.finish(handle, final)
+        outcome = outcome or trail.outcome()
+        trail.report(1.0, outcome)
+        return trail.result(cls.key, final, outcome, config)
+
+    @classmethod
+    def perturb(cls, handle: ModelHandle, original: torch.Tensor, target: int | None, config: Any,
+                trail: Trail) -> tuple[torch.Tensor, str | None]:
+        """The attack itself: the final image on the 8-bit grid and its outcome (None: read it from
+        the last record). Call ``trail.observe`` on each forward pass and ``trail.report`` each step."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config: Any) -> Any:
+        config = cls.Config() if config is None else config
+        if not isinstance(config, cls.Config):
+            raise ConfigError(f"{cls.label} takes a {cls.Config.__name__}, not a {type(config).__name__}.")
+        config.check()
+        return config
+
+    @classmethod
+    def choose_target(cls, handle: ModelHandle, x: torch.Tensor, target: int | str | None) -> int | None:
+        """The class to push towards (an id), or None for an untargeted run."""
+        if target is None:
+            if cls.needs_target:
+                raise ConfigError(f"{cls.label} needs a target class.")
+            return None
+        return handle.class_index(target)
+
+    @classmethod
+    def make_config(cls, **values: Any) -> Any:
+        """The config from the values that name its fields; others are ignored (a page's or the CLI's
+        cap, step limit and epsilon serve every attack)."""
+        names = {field.name for field in dataclasses.fields(cls.Config)}
+        return cls.Config(**{name: value for name, value in values.items() if name in names})
+
+    @classmethod
+    def verdict(cls, result: AttackResult, class_names: tuple[str, ...]) -> Verdict:
+        return Verdict("info", f"{cls.label}: the model now says **{class_names[result.final_class]}**; "
+                               f"distortion {result.final_distortion:.5f}, largest change {result.linf_levels} levels.")
+
+
+ATTACKS: dict[str, type[Attack]] = {}
+
+
+def register(attack: type[Attack]) -> type[Attack]:
+    """Class decorator: add an attack to :data:`ATTACKS` under its key."""
+    if not attack.key or attack.key in ATTACKS:
+        raise ValueError(f"An attack needs a unique key; {attack.__name__} has {attack.key!r}.")
+    ATTACKS[attack.key] = attack
+    return attack
+
+
+def get_attack(key: str) -> type[Attack]:
+    """The attack registered under ``key``; a sentence naming close ones when there is none."""
+    names = list(ATTACKS)
+    return ATTACKS[names[io.find_name(key, names, what="attack", error=ConfigError)]]
+
+
+def config_fields(config_class: type) -> list[dict]:
+    """Each setting of a config: name, type (as written) and default."""
+    return [{"name": field.name, "type": str(field.type), "default": field.default}
+            for field in dataclasses.fields(config_class)]
+
+
+def describe() -> list[dict]:
+    """Every attack with its key, label and config fields (``python -m engine methods --json``)."""
+    return [{"key": attack.key, "label": attack.label, "fields": config_fields(attack.Config)}
+            for attack in ATTACKS.values()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Relabelling (Robinson & Graham 2015)
+
+
+@register
+class Relabel(Attack):
+    """Eq. 1-2 until the target is top-1 (and confident enough), the cap or the step limit.
+
+    Each step is one forward and one backward pass to the image; the step that would pass the
+    distortion cap is not taken (or, with ``at_cap="fit"``, only the part that fits), so the
+    result always respects it.
+    """
+
+    key, label, Config, needs_target = "relabel", "Relabel (sign gradient, eq. 1-2)", relabel.RelabelConfig, True
+
+    @classmethod
+    def perturb(cls, handle, original, target, config, trail):
+        current, step = original.clone(), 0
+        while True:
+            logits, gradient = relabel.cross_entropy_gradient(handle, current, target)
+            probs = trail.observe(current, logits)
+            if relabel.target_reached(probs, target, config.confidence):
+                return current, RELABELLED
+            if step >= config.max_steps:
+                return current, STEP_LIMIT
+            candidate = relabel.sign_step(current, gradient, config)
+            if config.cap is not None and relabel.distortion_rms(candidate, original) > config.cap:
+                candidate = (relabel.fit_under_cap(current, candidate, original, gradient, config.cap)
+                             if config.at_cap == "fit" else None)
+                if candidate is None:
+                    return current, CAP_REACHED
+            current, step = candidate, step + 1
+            trail.report(step / max(config.max_steps, 1), f"step {step}: p(target) {trail.columns['target'][-1]:.3f}, "
+                                                          f"distortion {trail.columns['distortion'][-1]:.4f}")
+
+    @classmethod
+    def verdict(cls, result, class_names):
+        target = class_names[result.target]
+        if result.succeeded:
+            return Verdict("success", f"Relabelled to **{target}** in {result.steps} steps; distortion "
+                                      f"{result.final_distortion:.5f} (eq. 3, cap {result.config['cap']}).")
+        return Verdict("warning", f"Outcome: {result.outcome} after {result.steps} steps (distortion "
+                                  f"{result.final_distortion:.5f}); {target} reached p = {result.target_prob[-1]:.3f}. "
+                                  "Raise the cap or the step limit to go further.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The lecture's attacks ("Fooling ConvNets"): captum's FGSM and PGD, in 8-bit levels
+
+
+@dataclass(frozen=True)
+class FGSMConfig:
+    """FGSM: one step of ``epsilon`` 8-bit levels along the gradient's sign."""
+
+    epsilon: int = 4  # L-inf radius in levels
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if self.epsilon < 1:
+            raise ConfigError("Epsilon must be at least 1 level.")
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """PGD: ``steps`` steps of ``step`` levels, projected into the L-inf ball of ``epsilon`` levels.
+    Whole levels keep every result on the 8-bit grid."""
+
+    epsilon: int = 4  # L-inf radius in levels
+    step: int = 1  # step size in levels
+    steps: int = 10
+    random_start: bool = False
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if self.epsilon < 1 or self.step < 1 or self.steps < 1:
+            raise ConfigError("Epsilon, step and the number of steps must each be at least 1.")
+
+
+def _cross_entropy(logits: torch.Tensor, wanted: int) -> torch.Tensor:
+    """Per-image loss as captum expects it (its default, -log(output), assumes probabilities)."""
+    wanted = torch.full((logits.shape[0],), int(wanted), device=logits.device)
+    return F.cross_entropy(logits, wanted, reduction="none")
+
+
+def on_grid_within(adversarial: torch.Tensor, original: torch.Tensor, epsilon: int) -> torch.Tensor:
+    """Back on the 8-bit grid, inside the L-inf ball of ``epsilon`` levels, in whole levels."""
+    levels = torch.round(adversarial.detach().clamp(0, 1) * 255)
+    start = torch.round(original * 255)
+    return torch.minimum(torch.maximum(levels, start - epsilon), start + epsilon).clamp(0, 255) / 255
+
+
+class _BudgetAttack(Attack):
+    """FGSM and PGD share this: the label to push away from or towards, captum's loop on a watched
+    forward function (records, progress and cancel at every step), the result put on the grid."""
+
+    @classmethod
+    def perturb(cls, handle, original, target, config, trail):
+        # the clean image's own class, before the first step (a random start may already differ)
+        trail.original_class = int(handle.probabilities(original)[0].argmax())
+        label = trail.original_class if target is None else target
+        forward = trail.watched(handle, cls.planned_steps(config))
+        with torch.enable_grad():
+            adversarial = cls.captum_attack(forward, original, label, target is not None, config)
+        return on_grid_within(adversarial, original, config.epsilon), None
+
+    @classmethod
+    def planned_steps(cls, config) -> int:
+        return 1
+
+    @classmethod
+    def captum_attack(cls, forward, x: torch.Tensor, label: int, targeted: bool, config) -> torch.Tensor:
+        """captum's attack on ``forward`` (images in [0, 1] -> logits), from ``x``."""
+        raise NotImplementedError
+
+
+@register
+class FGSM(_BudgetAttack):
+    """Goodfellow et al. (2015): x <- x + eps sgn(dL/dx) (or minus, towards a target)."""
+
+    key, label, Config = "fgsm", "FGSM (one step)", FGSMConfig
+
+    @classmethod
+    def captum_attack(cls, forward, x, label, targeted, config):
+        from captum.robust import FGSM as CaptumFGSM
+
+        return CaptumFGSM(forward, _cross_entropy, 0.0, 1.0).perturb(x, config.epsilon / 255, label, targeted=targeted)
+
+
+@register
+class PGD(_BudgetAttack):
+    """Madry et al. (2018): repeated FGSM steps of ``step`` levels, projected into the eps-ball."""
+
+    key, label, Config = "pgd", "PGD (steps in an ε-ball)", PGDConfig
+
+    @classmethod
+    def planned_steps(cls, config):
+        return config.steps
+
+    @classmethod
+    def captum_attack(cls, forward, x, label, targeted, config):
+        from captum.robust import PGD as CaptumPGD
+
+        # captum draws the random start from the global generator: seed it, then give its state back
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
+            return CaptumPGD(forward, _cross_entropy, 0.0, 1.0).perturb(
+                x, config.epsilon / 255, config.step / 255, config.steps, label, targeted=targeted,
+                random_start=config.random_start)
+
+
+def least_likely_class(handle: ModelHandle, x: torch.Tensor) -> int:
+    """The class the model finds least likely for this image (the lecture's least-likely target)."""
+    return int(handle.probabilities(x[:1])[0].argmin())
+
+
+@register
+class LeastLikely(PGD):
+    """Targeted PGD towards the class the model finds least likely: the hardest label to reach."""
+
+    key, label, own_target = "leastlikely", "Least-likely class (targeted PGD)", "least likely"
+
+    @classmethod
+    def choose_target(cls, handle, x, target):
+        return least_likely_class(handle, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a result: ranking, per-step log, manifest
+
+
+def final_ranking(result: AttackResult, handle: ModelHandle, top_k: int = 5) -> Prediction:
+    """The final image's top classes, from the probabilities the run already computed."""
+    order = np.argsort(-result.final_probs, kind="stable")[:top_k]
+    return Prediction(indices=tuple(int(i) for i in order), labels=tuple(handle.class_names[i] for i in order),
+                      probs=tuple(float(result.final_probs[i]) for i in order), model=handle.name)
+
+
+def step_log(result: AttackResult) -> dict:
+    """Every step's numbers, for a JSON file beside the image."""
+    top5 = np.argsort(-result.final_probs, kind="stable")[:5]
+    return {"attack": result.attack, "outcome": result.outcome, "steps": result.steps,
+            "target_prob": result.target_prob.tolist(), "original_prob": result.original_prob.tolist(),
+            "top1": result.top1.tolist(), "distortion": result.distortion.tolist(),
+            "final_probs_top5": [[float(result.final_probs[i]), int(i)] for i in top5]}
+
+
+def _class(handle: ModelHandle, index: int | None) -> dict | None:
+    return None if index is None else {"id": int(index), "name": handle.class_names[index]}
+
+
+def manifest(result: AttackResult, handle: ModelHandle, *, image_name: str, image_sha256: str | None = None) -> dict:
+    """What ran, on what, with which settings and how it ended: the page's JSON download and the
+    CLI's manifest file are this dict."""
+    return io.manifest(
+        "relabel", image=image_name, image_sha256=image_sha256, model=handle.name, method=result.attack,
+        method_label=get_attack(result.attack).label, target=_class(handle, result.target),
+        original_class=_class(handle, result.original_class), final_top1=_class(handle, result.final_class),
+        outcome=result.outcome, steps=result.steps, distortion_eq3=result.final_distortion,
+        quality=relabel.image_quality(result.image, result.original), config=result.config)
