@@ -23,7 +23,6 @@ expectations: ``tests/test_attacks.py`` runs every entry through the same checks
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import images, io, relabel
+from . import configs, images, io, relabel
 from .errors import ConfigError
 from .models import ModelHandle, Prediction
 from .progress import Progress, report
@@ -236,8 +235,7 @@ class Attack:
     def make_config(cls, **values: Any) -> Any:
         """The config from the values that name its fields; others are ignored (a page's or the CLI's
         cap, step limit and epsilon serve every attack)."""
-        names = {field.name for field in dataclasses.fields(cls.Config)}
-        return cls.Config(**{name: value for name, value in values.items() if name in names})
+        return configs.config_from(cls.Config, values)
 
     @classmethod
     def verdict(cls, result: AttackResult, class_names: tuple[str, ...]) -> Verdict:
@@ -262,15 +260,9 @@ def get_attack(key: str) -> type[Attack]:
     return ATTACKS[names[io.find_name(key, names, what="attack", error=ConfigError)]]
 
 
-def config_fields(config_class: type) -> list[dict]:
-    """Each setting of a config: name, type (as written) and default."""
-    return [{"name": field.name, "type": str(field.type), "default": field.default}
-            for field in dataclasses.fields(config_class)]
-
-
 def describe() -> list[dict]:
     """Every attack with its key, label and config fields (``python -m engine methods --json``)."""
-    return [{"key": attack.key, "label": attack.label, "fields": config_fields(attack.Config)}
+    return [{"key": attack.key, "label": attack.label, "fields": configs.config_fields(attack.Config)}
             for attack in ATTACKS.values()]
 
 

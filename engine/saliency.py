@@ -30,7 +30,6 @@ same scan. :data:`METHODS` is the one registry (key, label, Config); :func:`desc
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import hooks, io
+from . import configs, hooks, io
 from .errors import ConfigError
 from .models import ModelHandle
 from .progress import Progress, report
@@ -496,6 +495,7 @@ def available_methods(handle: ModelHandle) -> list[str]:
 
 
 def method_class(key: str) -> type[SaliencyMethod]:
+    """The method registered under ``key``; a sentence naming close ones when there is none."""
     if key not in METHODS:
         raise ConfigError(f"Unknown saliency method '{key}'; choose one of {', '.join(METHODS)}.")
     return METHODS[key]
@@ -511,16 +511,12 @@ def make_method(handle: ModelHandle, key: str, config: MethodConfig | None = Non
 def config_from(key: str, settings: Mapping[str, Any]) -> MethodConfig:
     """The method's Config from the settings it has a field for (a page's or a CLI's flat settings:
     ``patch`` goes to occlusion, ``masks`` to RISE, ``layer`` to the CAM methods); the rest default."""
-    config_type = method_class(key).Config
-    names = {item.name for item in dataclasses.fields(config_type)}
-    return config_type(**{name: value for name, value in settings.items() if name in names})
+    return configs.config_from(method_class(key).Config, settings)
 
 
 def describe() -> list[dict]:
     """The registry as plain data, for ``python -m engine methods --json``."""
-    return [{"key": cls.key, "label": cls.label,
-             "fields": [{"name": item.name, "type": str(item.type), "default": item.default}
-                        for item in dataclasses.fields(cls.Config)],
+    return [{"key": cls.key, "label": cls.label, "fields": configs.config_fields(cls.Config),
              "covers_every_class": cls.covers_every_class}
             for cls in METHODS.values()]
 
