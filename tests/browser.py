@@ -111,3 +111,25 @@ def click_and_wait(page, button: str, result_text: str, timeout_ms: int = 120_00
     page.get_by_role("button", name=button, exact=True).click()
     page.get_by_text(result_text).first.wait_for(timeout=timeout_ms)
     wait_for_app(page)
+
+
+def reload_mid_run(page, result_text: str, idle_text: str, *, stop_label: str = "Cancel",
+                   timeout_ms: int = 180_000) -> bool:
+    """Reload the tab while its job runs: the page must find the job by the settings in its link
+    and show the result by itself, without any click. Returns whether the job was still running
+    when the tab was reloaded (the job row's ``stop_label`` button was on screen)."""
+    try:
+        page.get_by_role("button", name=stop_label, exact=True).first.wait_for(timeout=30_000)
+    except Exception:
+        screenshot(page, "reload-mid-run-no-job-row")
+        raise
+    page.wait_for_timeout(1000)
+    running = page.get_by_role("button", name=stop_label, exact=True).count() > 0
+    url = page.url
+    page.reload()
+    assert page.url == url  # the settings travel in the link
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.get_by_text(result_text).first.wait_for(timeout=timeout_ms)
+    wait_for_app(page)
+    assert not page.get_by_text(idle_text).count(), f"the reloaded page asks to start again: {idle_text}"
+    return running

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine import images
-from tests.browser import chromium_page, click_and_wait, screenshot, streamlit_server, wait_for_app
+from tests.browser import chromium_page, click_and_wait, reload_mid_run, screenshot, streamlit_server, wait_for_app
 
 pytestmark = pytest.mark.browser
 
@@ -75,9 +75,11 @@ def test_saliency_page_runs_gradcam_and_occlusion(server):
         wait_for_app(page, "Faithfulness: deletion and insertion")
         page.get_by_text("Grad-CAM · espresso").first.wait_for()
         page.locator("summary").filter(has_text="Settings of the slow methods").click()
+        wait_for_app(page)
         page.get_by_role("button", name="Run the slow methods").click()
-        # Only a finished occlusion card has this button (the progress bar also names the method).
-        page.get_by_text("Probability vs occluder position").first.wait_for(timeout=120_000)
+        # A reload mid-run finds the running scan by the link; only a finished occlusion card has
+        # this text (the progress bar also names the method).
+        assert reload_mid_run(page, "Probability vs occluder position", "A slow method: open")
         wait_for_app(page)
         assert page.get_by_text("Running…").count() == 0
         assert not page.get_by_text("Traceback").count()
@@ -92,7 +94,8 @@ def test_relabel_page_turns_the_cat_into_a_half_track(server):
     with chromium_page() as page:
         page.goto(f"{server}/relabel?image=chelsea&target=586")
         wait_for_app(page, "Turn this image into a:")
-        click_and_wait(page, "Run", "Relabelled to")
+        page.get_by_role("button", name="Run", exact=True).click()
+        reload_mid_run(page, "Relabelled to", "Press Run to start")
         assert page.get_by_text("relabelled · half track").count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "relabel-half-track")
@@ -114,10 +117,11 @@ def test_inversion_page_paints_a_mask_and_runs(server):
         page.mouse.up()
         wait_for_app(page)
         steps = page.get_by_label("Steps")
-        steps.fill("12")
+        steps.fill("80")
         steps.press("Enter")
         wait_for_app(page)
-        click_and_wait(page, "Run", "After 12 steps")
+        page.get_by_role("button", name="Run", exact=True).click()
+        assert reload_mid_run(page, "After 80 steps", "Press Run to start")  # the painted mask comes back too
         assert page.get_by_text("Snapshots: step").count()
         assert not page.get_by_text("The mask is empty").count()
         assert not page.get_by_text("Traceback").count()
@@ -128,7 +132,8 @@ def test_dissection_page_runs_and_shows_a_clicked_unit(server):
     with chromium_page() as page:
         page.goto(f"{server}/dissection?image=chelsea")
         wait_for_app(page, "Concept images")
-        click_and_wait(page, "Dissect", "have IoU >", timeout_ms=240_000)
+        page.get_by_role("button", name="Dissect", exact=True).click()
+        assert reload_mid_run(page, "have IoU >", "Press Dissect to run", timeout_ms=240_000)
         screenshot(page, "dissection-histogram")
         heading = page.locator("h3").filter(has_text="IoU").first.inner_text()  # "Unit 581: dots (IoU 0.135)"
         grid = page.locator('[data-testid="stDataFrame"]').first
@@ -169,7 +174,7 @@ def test_patterns_page_generates_from_the_shipped_generator_and_trains(server, t
         steps.press("Enter")
         wait_for_app(page)
         click_and_wait(page, "Start training", "Stop saves a checkpoint", timeout_ms=60_000)
-        page.get_by_text("Samples at step 25").first.wait_for(timeout=120_000)  # the live sample grid's caption
+        assert reload_mid_run(page, "Samples at step 25", "Start training", stop_label="Stop")  # the live grid's caption
         screenshot(page, "patterns-training")
         page.get_by_text("checkpoint at step 60").first.wait_for(timeout=240_000)
         page.get_by_role("button", name="Resume", exact=True).wait_for(timeout=60_000)  # the job has ended
