@@ -104,7 +104,9 @@ def url_widget(widget: Callable[..., Any], label: str, *, key: str, default: Any
 
     A fresh session (a reload, a second tab, a shared link) starts from the URL's value, so the
     page computes the same job key and finds the same running or finished job. Values equal to
-    ``default`` are left out of the URL. Do not pass ``value``/``index``: the session state holds it.
+    ``default`` are left out of the URL. A link value that ``parse`` refuses, or that is not among
+    ``options`` or outside ``min_value``..``max_value``, gets a warning and the default. Do not pass
+    ``value``/``index``: the session state holds it.
     """
     param = param or key
     if key not in st.session_state:
@@ -115,6 +117,9 @@ def url_widget(widget: Callable[..., Any], label: str, *, key: str, default: Any
                 allowed = list(kwargs.get("options", ()))
                 chosen = value if isinstance(value, (list, tuple)) else [value]
                 if "options" in kwargs and any(item not in allowed for item in chosen):
+                    raise ValueError(raw)
+                low, high = kwargs.get("min_value"), kwargs.get("max_value")  # a number input's or a slider's
+                if any(low is not None and item < low or high is not None and item > high for item in chosen):
                     raise ValueError(raw)
             except (ValueError, TypeError, KeyError):
                 value = default
@@ -436,6 +441,16 @@ def _poll_body(job_ids: tuple[str, ...], pool: str, live: LiveView | None, cance
 
 
 _POLLERS: dict[float, Callable[..., None]] = {}
+
+
+def page_header(title: str, caption: str) -> tuple[Selection, models.ModelHandle]:
+    """Every demo page's opening: the shared selection, the model (or a sentence and a stop), the
+    title and the one-paragraph caption saying which paper's experiment this is."""
+    selection = ensure_frame()
+    handle = require_model(selection)
+    st.title(title)
+    st.caption(caption)
+    return selection, handle
 
 
 def require_model(selection: Selection) -> models.ModelHandle:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine import cache, classify, models, plots
 from engine.errors import GlassboxError
-from streamlit_app import Selection, class_picker, ensure_frame, require_model, url_widget
+from streamlit_app import Selection, class_picker, page_header, url_widget
 
 TOP_K_DEFAULT = 5
 
@@ -46,10 +46,8 @@ def render_ranking(handle: models.ModelHandle, ranking: models.Prediction, setti
 
 
 def main() -> None:
-    selection = ensure_frame()
-    handle = require_model(selection)
-    st.title("Classify")
-    st.caption("What does the model think this is? The model sees a square centre crop, resized to its input size.")
+    selection, handle = page_header(
+        "Classify", "What does the model think this is? The model sees a square centre crop, resized to its input size.")
     left, right = st.columns([2, 3], gap="large")
     with left:
         render_view(handle, selection)

@@ -17,8 +17,7 @@ from engine import cache, concepts, dissection, plots
 from engine.errors import GlassboxError
 from engine.models import ModelHandle
 from engine.progress import Progress
-from streamlit_app import (Selection, ensure_frame, require_model, set_url_value, show_job, start_job, url_value,
-                           url_widget)
+from streamlit_app import Selection, page_header, set_url_value, show_job, start_job, url_value, url_widget
 
 INTRO = ("Network Dissection: for every unit of a layer, threshold its activation at the top 0.5 % of all its "
          "values, upsample, and measure how well the lit area overlaps each concept's mask over the whole set "
@@ -74,16 +73,6 @@ def source_label(source: str) -> str:
     return "a folder on this machine"
 
 
-def number_between(low: float, high: float):
-    """A URL parser for a number input: the number, or ValueError when it is outside low..high."""
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:
-            raise ValueError(text)
-        return value
-    return parse
-
-
 def layer_picker(handle: ModelHandle, layers: list[str], column) -> str:
     """The layer selectbox, bound to the URL's ``layer``; a link's layer that cannot be dissected gets
     its sentence and the default layer."""
@@ -119,10 +108,10 @@ def dissection_controls(handle: ModelHandle, layers: list[str]) -> DissectionSet
                             default="", placeholder="/data/broden1_224").strip()
     quantile_column, iou_column = st.columns(2)
     quantile = url_widget(quantile_column.number_input, "Top quantile", key="dis_quantile", param="quantile",
-                          default=0.005, parse=number_between(0.0001, 0.5), min_value=0.0001, max_value=0.5,
+                          default=0.005, parse=float, min_value=0.0001, max_value=0.5,
                           step=0.001, format="%.4f")
     iou_threshold = url_widget(iou_column.number_input, "Detector IoU", key="dis_iou", param="iou", default=0.04,
-                               parse=number_between(0.0, 1.0), min_value=0.0, max_value=1.0, step=0.01)
+                               parse=float, min_value=0.0, max_value=1.0, step=0.01)
     config = dissection.DissectionConfig(quantile=float(quantile), iou_threshold=float(iou_threshold))
     return DissectionSettings(layer=layer, source=source, folder=folder, config=config)
 
@@ -252,10 +241,7 @@ def render_result(handle: ModelHandle, selection: Selection, settings: Dissectio
 
 
 def main() -> None:
-    selection = ensure_frame()
-    handle = require_model(selection)
-    st.title("Dissection")
-    st.caption(INTRO)
+    selection, handle = page_header("Dissection", INTRO)
     layers = dissectable_layers(handle)
     if not layers:
         st.error("This model has no layer with a spatial output, so there is nothing to dissect.")

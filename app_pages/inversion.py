@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 import streamlit as st
@@ -19,8 +18,8 @@ import streamlit as st
 from engine import cache, images, inversion, jobs, models, plots
 from engine.errors import GlassboxError
 from engine.relabel import difference_image
-from streamlit_app import (Selection, class_picker, dump_bool, ensure_frame, parse_bool, require_model, set_url_value,
-                           show_job, start_job, url_value, url_widget)
+from streamlit_app import (Selection, class_picker, dump_bool, page_header, parse_bool, set_url_value, show_job,
+                           start_job, url_value, url_widget)
 
 TIGER = 292
 TERM_LABELS = {"content": "Content", "style": "Style", "tv": "Total variation", "colour": "Colour"}
@@ -118,16 +117,6 @@ def parse_weight(text: str) -> float | None:
     except ValueError:
         return None
     return value if np.isfinite(value) else None
-
-
-def number_in(kind: type, low: float, high: float) -> Callable[[str], float]:
-    """A link parser that accepts a number between ``low`` and ``high`` (else ValueError)."""
-    def parse(text: str):
-        value = kind(text)
-        if not low <= value <= high:
-            raise ValueError(text)
-        return value
-    return parse
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -236,11 +225,11 @@ def optimiser_controls() -> tuple[str, int, int, bool]:
     optimizer = url_widget(st.radio, "Optimiser", key="inv_optimizer", param="optimizer", default="lbfgs",
                            options=list(OPTIMIZERS), format_func=OPTIMIZERS.get)
     jitter = url_widget(st.slider, "Jitter (px)", key="inv_jitter", param="jitter", default=0,
-                        parse=number_in(int, 0, 32), min_value=0, max_value=32, disabled=optimizer == "lbfgs",
+                        parse=int, min_value=0, max_value=32, disabled=optimizer == "lbfgs",
                         help="A random shift of up to this many pixels before each step (the paper: 16). L-BFGS "
                              "cannot take it: its line search needs the same function at every try.")
     steps = url_widget(st.number_input, "Steps", key="inv_steps", param="steps", default=DEFAULT_STEPS,
-                       parse=number_in(int, 1, 1000), min_value=1, max_value=1000)
+                       parse=int, min_value=1, max_value=1000)
     noise = url_widget(st.toggle, "Start from noise (sec. 6)", key="inv_noise", param="noise", default=False,
                        parse=parse_bool, dump=dump_bool,
                        help="The losses then refer to the noise image; the result is the model's idea of the class.")
@@ -378,14 +367,14 @@ def feature_controls(handle: models.ModelHandle, layer_names: list[str]) -> tupl
         layer = url_widget(f1.selectbox, "Layer", key="inv_f_layer", param="f_layer", default=default_layer,
                            options=layer_names)
         steps = url_widget(f2.number_input, "Steps (Adam)", key="inv_f_steps", param="f_steps",
-                           default=DEFAULT_FEATURE_STEPS, parse=number_in(int, 10, 2000), min_value=10,
+                           default=DEFAULT_FEATURE_STEPS, parse=int, min_value=10,
                            max_value=2000, step=10)
         g1, g2 = st.columns(2)
         alpha_weight = url_widget(g1.number_input, "α-norm weight λα", key="inv_f_alpha", param="f_alpha",
-                                  default=1e-3, parse=number_in(float, 0.0, 10.0), min_value=0.0, max_value=10.0,
+                                  default=1e-3, parse=float, min_value=0.0, max_value=10.0,
                                   format="%.0e")
         tv_weight = url_widget(g2.number_input, "TV^β weight λV", key="inv_f_tv", param="f_tv", default=1e-2,
-                               parse=number_in(float, 0.0, 10.0), min_value=0.0, max_value=10.0, format="%.0e")
+                               parse=float, min_value=0.0, max_value=10.0, format="%.0e")
         run = st.form_submit_button("Run", type="primary")
     return FeatureSettings(layer, int(steps), float(alpha_weight), float(tv_weight)), run
 
@@ -568,13 +557,11 @@ def run_class(handle: models.ModelHandle, selection: Selection, view: np.ndarray
 
 
 def main() -> None:
-    selection = ensure_frame()
-    handle = require_model(selection)
-    st.title("Class inversion")
-    st.caption("Anosheh, Kapadia & Rulison: optimise the photo itself so the model calls it the target class, while "
-               "content, style, total-variation and colour losses (sec. 2.2) keep the change meaningful: stripes for "
-               "a tiger rather than noise. A mask limits where it may change and jitter shifts it at every step "
-               "(sec. 2.3).")
+    selection, handle = page_header(
+        "Class inversion", "Anosheh, Kapadia & Rulison: optimise the photo itself so the model calls it the target class, while "
+        "content, style, total-variation and colour losses (sec. 2.2) keep the change meaningful: stripes for "
+        "a tiger rather than noise. A mask limits where it may change and jitter shifts it at every step "
+        "(sec. 2.3).")
     preset_controls(handle)
     mode = mode_controls()
     view = cache.inversion_view(handle.name, selection.digest, selection.image_bytes)

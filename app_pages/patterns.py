@@ -25,8 +25,8 @@ from engine.errors import GlassboxError
 from engine.patterns import generate, quick, runs, substrates, training
 from engine.patterns.cli import parse_weights
 from engine.patterns.losses import PatternLossWeights
-from streamlit_app import (dump_bool, ensure_frame, parse_bool, require_model, set_url_value, show_job, start_job,
-                           url_value, url_widget)
+from streamlit_app import (dump_bool, page_header, parse_bool, set_url_value, show_job, start_job, url_value,
+                           url_widget)
 
 MODES = {"generate": "Generate", "train": "Train a generator", "quick": "Quick mode (no GAN)"}
 DEFAULT_CLASSES = ["goldfish", "zebra", "flamingo", "jaguar", "giant panda"]
@@ -615,13 +615,11 @@ def mode_control() -> str:
 
 
 def main() -> None:
-    selection = ensure_frame()
-    handle = require_model(selection)
-    st.title("Patterns")
-    st.caption("Chaplygin & Chacksfield (2019): a conditional GAN learns to paint what the classifier believes a "
-               "class looks like onto a blank garment. The classifier is the critic: the whole image must show the "
-               "wanted class, random crops must show none of the others, and the garment and its white background "
-               "should survive.")
+    selection, handle = page_header(
+        "Patterns", "Chaplygin & Chacksfield (2019): a conditional GAN learns to paint what the classifier believes a "
+        "class looks like onto a blank garment. The classifier is the critic: the whole image must show the "
+        "wanted class, random crops must show none of the others, and the garment and its white background "
+        "should survive.")
     mode = mode_control()
     {"generate": generate_view, "train": train_view, "quick": quick_view}[mode](handle)
 

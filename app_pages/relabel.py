@@ -16,8 +16,8 @@ import streamlit as st
 
 from engine import attacks, cache, images, io, jobs, models, plots, relabel
 from engine.errors import GlassboxError
-from streamlit_app import (Selection, class_picker, dump_bool, ensure_frame, find_job, parse_bool, require_model,
-                           set_url_value, show_job, start_job, url_value, url_widget)
+from streamlit_app import (Selection, class_picker, dump_bool, find_job, page_header, parse_bool, set_url_value,
+                           show_job, start_job, url_value, url_widget)
 
 HALF_TRACK = 586  # Fig. 1's half-track
 EGYPTIAN_CAT = 285
@@ -103,15 +103,6 @@ def use_preset(handle: models.ModelHandle, *, sample: str, target: int, swap: bo
     st.rerun()
 
 
-def in_range(parse: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
-    """A link value parser that refuses values the number input would not take."""
-    def checked(text: str) -> float:
-        value = parse(text)
-        if not low <= value <= high:
-            raise ValueError(text)
-        return value
-    return checked
-
 
 def relabel_controls(handle: models.ModelHandle, start: StartImage) -> tuple[RelabelSettings, bool]:
     """The method, the target and the run's settings; True when Run was pressed."""
@@ -126,15 +117,15 @@ def relabel_controls(handle: models.ModelHandle, start: StartImage) -> tuple[Rel
             c1, c2, c3 = st.columns(3)
             with c1:
                 cap = url_widget(st.number_input, "Distortion cap (eq. 3)", key="rl_cap", param="cap",
-                                 default=DEFAULT_CAP, parse=in_range(float, 0.001, 0.2), min_value=0.001,
+                                 default=DEFAULT_CAP, parse=float, min_value=0.001,
                                  max_value=0.2, step=0.001, format="%.3f")
             with c2:
                 max_steps = url_widget(st.number_input, "Step limit", key="rl_steps", param="steps",
-                                       default=DEFAULT_STEPS, parse=in_range(int, 1, 2000), min_value=1,
+                                       default=DEFAULT_STEPS, parse=int, min_value=1,
                                        max_value=2000, step=10)
             with c3:
                 epsilon = url_widget(st.number_input, "ε for FGSM/PGD (levels)", key="rl_epsilon", param="epsilon",
-                                     default=DEFAULT_EPSILON, parse=in_range(int, 1, 64), min_value=1, max_value=64)
+                                     default=DEFAULT_EPSILON, parse=int, min_value=1, max_value=64)
             run = st.form_submit_button("Run", type="primary")
     settings = RelabelSettings(attack=attack.key, target=int(target), cap=float(cap), max_steps=int(max_steps),
                                epsilon=int(epsilon), swap=url_value("swap") == "1")
@@ -276,13 +267,11 @@ def render_swap(handle: models.ModelHandle, settings: RelabelSettings, partner: 
 
 
 def main() -> None:
-    selection = ensure_frame()
-    handle = require_model(selection)
+    selection, handle = page_header(
+        "Relabel", "Robinson & Graham (2015): nudge every pixel by one 8-bit level in the direction that makes the "
+        "target class more likely (the sign of the gradient, eq. 1-2), until the model agrees, while the "
+        "distortion (eq. 3) stays under a cap. The lecture's FGSM, PGD and least-likely attacks are here too.")
     names = handle.class_names
-    st.title("Relabel")
-    st.caption("Robinson & Graham (2015): nudge every pixel by one 8-bit level in the direction that makes the "
-               "target class more likely (the sign of the gradient, eq. 1-2), until the model agrees, while the "
-               "distortion (eq. 3) stays under a cap. The lecture's FGSM, PGD and least-likely attacks are here too.")
     try:
         start = start_controls(handle, selection)
         ranking = cache.relabel_ranking(handle.name, start.digest, start.data)

@@ -16,8 +16,8 @@ import streamlit as st
 from engine import cache, images, io, models, plots, saliency
 from engine.errors import GlassboxError
 from engine.jobs import JobStatus
-from streamlit_app import (Selection, class_picker, ensure_frame, find_job, require_model, set_url_value, show_job,
-                           show_jobs, start_job, url_value, url_widget)
+from streamlit_app import (Selection, class_picker, find_job, page_header, set_url_value, show_job, show_jobs,
+                           start_job, url_value, url_widget)
 
 DEFAULT_METHODS = ("gradcam", "gradcampp", "gradient", "occlusion")
 PRESETS = {
@@ -468,12 +468,10 @@ def faithfulness_section(subject: Subject, target: int, finished: dict[str, sali
 
 
 def main() -> None:
-    selection = ensure_frame()
-    handle = require_model(selection)
-    st.title("Saliency")
-    st.caption("Which parts of the image played the most important role in the network's decision? White-box "
-               "methods follow the gradient of the class score; black-box methods hide parts of the image and "
-               "watch the probability change. Each map explains one class.")
+    selection, handle = page_header(
+        "Saliency", "Which parts of the image played the most important role in the network's decision? White-box "
+        "methods follow the gradient of the class score; black-box methods hide parts of the image and "
+        "watch the probability change. Each map explains one class.")
     try:
         ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
     except GlassboxError as error:
