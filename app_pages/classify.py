@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from engine import cache, classify, models, plots
+from engine import cache, models, plots
 from engine.errors import GlassboxError
 from streamlit_app import Selection, class_picker, page_header, url_widget
 
@@ -28,7 +28,7 @@ def classify_controls(handle: models.ModelHandle, ranking: models.Prediction) ->
 
 
 def render_view(handle: models.ModelHandle, selection: Selection) -> None:
-    view = classify.model_view(handle, selection.image())
+    view = cache.model_view(handle.name, selection.digest, selection.image_bytes)
     st.image(view, caption=f"{selection.image_name} · what {handle.name} sees ({handle.input_size}×{handle.input_size})",
              width="stretch")
 

@@ -564,7 +564,7 @@ def main() -> None:
         "(sec. 2.3).")
     preset_controls(handle)
     mode = mode_controls()
-    view = cache.inversion_view(handle.name, selection.digest, selection.image_bytes)
+    view = cache.model_view(handle.name, selection.digest, selection.image_bytes)
     if mode == "features":
         run_features(handle, selection, view)
     else:

@@ -477,7 +477,7 @@ def main() -> None:
     except GlassboxError as error:
         st.error(str(error))
         return
-    subject = Subject(handle, selection, cache.saliency_view(handle.name, selection.digest, selection.image_bytes),
+    subject = Subject(handle, selection, cache.model_view(handle.name, selection.digest, selection.image_bytes),
                       ranking)
     offered = saliency.available_methods(handle)
     preset_controls()

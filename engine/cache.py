@@ -24,6 +24,15 @@ def decoded_image(digest: str, _data: bytes) -> np.ndarray:
     return np.asarray(images.decode_image(_data))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def model_view(model_name: str, digest: str, _data: bytes) -> np.ndarray:
+    """The square crop the model sees (uint8, its input size): what every page shows, explains,
+    attacks or inverts. One cache for every page, keyed by model name and image digest."""
+    from PIL import Image
+
+    return classify.model_view(get_handle(model_name), Image.fromarray(decoded_image(digest, _data)))
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def prediction(model_name: str, digest: str, _data: bytes, top_k: int = 5) -> models.Prediction:
     from PIL import Image
@@ -41,7 +50,7 @@ def explanation(model_name: str, digest: str, _data: bytes, method: str, target:
 
     handle = get_handle(model_name)
     config = saliency.method_class(method).Config(**json.loads(config_key))
-    view = saliency_view(model_name, digest, _data)
+    view = model_view(model_name, digest, _data)
     return saliency.explain(handle, images.to_tensor(view, device=handle.device), method, target, config)
 
 
@@ -54,14 +63,11 @@ def explanation(model_name: str, digest: str, _data: bytes, method: str, target:
 def relabel_start(model_name: str, digest: str, _data: bytes | None) -> np.ndarray:
     """The image a relabel run starts from, as the model sees it (uint8): the photo's square crop,
     or, with no bytes, the Gaussian image of sec. 3.2 (``digest`` names it, e.g. gaussian-seed-0)."""
-    from PIL import Image
-
     from . import relabel
 
-    handle = get_handle(model_name)
     if _data is None:
-        return images.to_uint8(relabel.gaussian_start(handle.input_size, seed=relabel.GAUSSIAN_SEED))
-    return classify.model_view(handle, Image.fromarray(decoded_image(digest, _data)))
+        return images.to_uint8(relabel.gaussian_start(get_handle(model_name).input_size, seed=relabel.GAUSSIAN_SEED))
+    return model_view(model_name, digest, _data)
 
 
 def _relabel_input(model_name: str, digest: str, data: bytes | None):
@@ -110,12 +116,6 @@ def relabel_limit_checks(model_name: str, second_name: str, digest: str, _relabe
 # Saliency
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def saliency_view(model_name: str, digest: str, _data: bytes) -> np.ndarray:
-    """The square crop the model sees (uint8, input size), which every saliency map explains."""
-    from PIL import Image
-
-    return classify.model_view(get_handle(model_name), Image.fromarray(decoded_image(digest, _data)))
 # (end of saliency section)
 
 
@@ -173,12 +173,6 @@ def recall_inversion_mask(digest: str | None) -> np.ndarray | None:
     return _inversion_masks().get(digest) if digest else None
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def inversion_view(model_name: str, digest: str, _data: bytes) -> np.ndarray:
-    """The square uint8 view the model sees of the image (what inversion starts from)."""
-    from PIL import Image
-
-    return classify.model_view(get_handle(model_name), Image.fromarray(decoded_image(digest, _data)))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -244,12 +238,10 @@ def unit_maps_on_set(model_name: str, spec: str, n: int | None, size: int | None
 def unit_map_on_image(model_name: str, digest: str, _data: bytes, layer: str, unit: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """The image as the model sees it (uint8) and one unit's activation map on it (float32, same size)."""
-    from PIL import Image
-
     from . import dissection
 
     handle = get_handle(model_name)
-    view = classify.model_view(handle, Image.fromarray(decoded_image(digest, _data)))
+    view = model_view(model_name, digest, _data)
     return view, dissection.unit_maps_on(handle, [view], layer, unit)[0].astype(np.float32)
 # (end of dissection section)
 

@@ -44,6 +44,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 SEED_PAPER_NETS = ("alexnet", "googlenet", "vgg16", "vgg19", "resnet50")
+# What the picker needs to know about the seed nets' DEFAULT torchvision weights, written down so
+# that drawing the sidebar does not import torchvision (about 1.5 s of every cold start).
+# tests/test_models.py checks each row against torchvision's own metadata.
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SEED_PAPER_WEIGHTS = {  # name -> (weights file in the hub cache, crop size)
+    "alexnet": ("alexnet-owt-7be5be79.pth", 224),
+    "googlenet": ("googlenet-1378be20.pth", 224),
+    "vgg16": ("vgg16-397923af.pth", 224),
+    "vgg19": ("vgg19-dcbb9e9d.pth", 224),
+    "resnet50": ("resnet50-11ad3fa6.pth", 224),
+}
 TEST_MODEL = "tiny_test_cnn"
 # Modules that never make a useful "layer" choice: global pooling and padding shims.
 _NOT_LAYERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity)
@@ -265,9 +276,27 @@ def imagenet_classes() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def torchvision_architectures() -> tuple[str, ...]:
-    from torchvision import models as tvm
+    """torchvision's classification architectures (``tvm.list_models(module=tvm)``), sorted.
 
-    return tuple(tvm.list_models(module=tvm))
+    Read from the ``@register_model()`` functions of torchvision's ``models/*.py`` sources rather
+    than by importing it: the sidebar's checkpoint form needs the names on every cold start, and
+    the import costs about 1.5 s. tests/test_models.py checks the two lists are equal.
+    """
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")
+    folder = Path(spec.origin).parent / "models" if spec and spec.origin else None
+    pattern = re.compile(r"^@register_model\([^)]*\)\s*\n(?:@[^\n]*\n)*def (\w+)\(", re.M)
+    try:
+        names = [name for path in sorted(folder.glob("*.py")) for name in pattern.findall(path.read_text("utf-8"))]
+    except (AttributeError, OSError):
+        names = []
+    if names:
+        return tuple(sorted(names))
+    from torchvision import models as tvm  # the sources moved: ask torchvision itself
+
+    return tuple(sorted(tvm.list_models(module=tvm)))
 
 
 def lite_available(name: str) -> bool:
@@ -297,7 +326,7 @@ def model_spec(name: str) -> ModelSpec:
         return test_spec()
     if name in _CHECKPOINTS:
         return _CHECKPOINTS[name].spec
-    if name in torchvision_architectures():
+    if name in SEED_PAPER_WEIGHTS or name in torchvision_architectures():
         return torchvision_spec(name)
     raise ModelError(f"There is no model called '{name}'. Try {DEFAULT_MODEL}, or a torchvision name such as resnet50.")
 
@@ -312,15 +341,17 @@ def bundled_spec(name: str) -> ModelSpec:
 
 
 def torchvision_spec(name: str) -> ModelSpec:
-    from torchvision import models as tvm
+    if name in SEED_PAPER_WEIGHTS:
+        input_size, mean, std = SEED_PAPER_WEIGHTS[name][1], _IMAGENET_MEAN, _IMAGENET_STD
+    else:
+        from torchvision import models as tvm
 
-    weights = tvm.get_model_weights(name).DEFAULT
-    preprocess = weights.transforms()
+        preprocess = tvm.get_model_weights(name).DEFAULT.transforms()
+        input_size, mean, std = int(preprocess.crop_size[0]), tuple(preprocess.mean), tuple(preprocess.std)
     available = torchvision_weights_cached(name)
     return ModelSpec(
         name=name, label=f"{name} (torchvision{'' if available else ', needs download'})",
-        source="torchvision", arch=name, input_size=int(preprocess.crop_size[0]),
-        mean=tuple(preprocess.mean), std=tuple(preprocess.std),
+        source="torchvision", arch=name, input_size=input_size, mean=mean, std=std,
         note="Weights found in the local torch hub cache." if available else
         "Weights are not on this machine yet; they are downloaded when it is online.",
     )
@@ -400,10 +431,13 @@ def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def torchvision_weights_file(name: str) -> Path:
-    from torchvision import models as tvm
+    if name in SEED_PAPER_WEIGHTS:
+        filename = SEED_PAPER_WEIGHTS[name][0]
+    else:
+        from torchvision import models as tvm
 
-    url = tvm.get_model_weights(name).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+        filename = os.path.basename(urlparse(tvm.get_model_weights(name).DEFAULT.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
 def torchvision_weights_cached(name: str) -> bool:

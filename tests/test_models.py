@@ -251,3 +251,22 @@ def test_class_name_file_problems():
     with pytest.raises(CheckpointError, match="std"):
         models.load_checkpoint(state, models.CheckpointRequest("z.pt", "squeezenet1_1", std=(0.2, 0.0, 0.2)),
                                class_file=(b"a\nb\nc", "n.txt"))
+
+
+def test_the_seed_nets_written_down_match_torchvisions_metadata():
+    from torchvision import models as tvm
+
+    for name, (filename, crop) in models.SEED_PAPER_WEIGHTS.items():
+        weights = tvm.get_model_weights(name).DEFAULT
+        preprocess = weights.transforms()
+        assert weights.url.rsplit("/", 1)[-1] == filename, name
+        spec = models.torchvision_spec(name)
+        assert spec.input_size == int(preprocess.crop_size[0]) == crop
+        assert spec.mean == tuple(preprocess.mean) and spec.std == tuple(preprocess.std)
+    assert set(models.SEED_PAPER_WEIGHTS) == set(models.SEED_PAPER_NETS)
+
+
+def test_the_architecture_list_read_from_sources_equals_torchvisions():
+    from torchvision import models as tvm
+
+    assert models.torchvision_architectures() == tuple(sorted(tvm.list_models(module=tvm)))
