@@ -48,6 +48,10 @@ def distortion_rms(changed: np.ndarray | torch.Tensor, original: np.ndarray | to
 
     Accepts (3, H, W), (1, 3, H, W) tensors or H x W x 3 arrays (uint8 arrays are divided by 255).
     """
+    if torch.is_tensor(changed) and torch.is_tensor(original) and changed.shape == original.shape:
+        # every attack step records it: stay on the tensor's device (no copy to numpy), in float64
+        squared = (changed.detach().double() - original.detach().double()).pow_(2).sum()
+        return float(math.sqrt(float(squared) / changed.numel()))
     a, b = (_as_unit_array(v) for v in (changed, original))
     if a.shape != b.shape:
         raise ConfigError(f"Cannot compare images of shapes {a.shape} and {b.shape}.")
