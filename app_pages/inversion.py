@@ -17,7 +17,6 @@ import streamlit as st
 
 from engine import cache, images, inversion, jobs, models, plots
 from engine.errors import GlassboxError
-from engine.relabel import difference_image
 from streamlit_app import (Selection, class_picker, dump_bool, page_header, parse_bool, set_url_value, show_job,
                            start_job, url_value, url_widget)
 
@@ -443,7 +442,7 @@ def render_result(handle: models.ModelHandle, status: jobs.JobStatus, ranking: m
              caption=f"{'the photo' if rebuilt else 'before'} · {handle.class_names[result.original_class]}")
     c2.image(result.image, width="stretch", caption=f"{'rebuilt' if rebuilt else 'after'} in {result.steps} steps · "
                                                     f"{handle.class_names[result.final_class]}")
-    c3.image(difference_image(result.image, result.original, gain=4.0), width="stretch",
+    c3.image(images.difference_image(result.image, result.original, gain=4.0), width="stretch",
              caption=f"{'rebuilt minus the photo' if rebuilt else 'the change'} × 4, around mid-grey")
     if result.target is not None and ranking is not None:
         after = cache.inversion_after(handle.name, status.id, result.image)
@@ -477,7 +476,7 @@ def render_snapshots(handle: models.ModelHandle, result: inversion.InversionResu
     pixels = dict(result.snapshots)[chosen]
     s1, s2, s3 = st.columns(3)
     s1.image(pixels, caption=f"step {chosen}", width="stretch")
-    s2.image(difference_image(pixels, result.original, gain=4.0), width="stretch",
+    s2.image(images.difference_image(pixels, result.original, gain=4.0), width="stretch",
              caption=f"{'minus the photo' if rebuilt else 'change from the start'} at step {chosen} × 4")
     at = min(chosen, len(result.total) - 1)
     if result.target is not None:

@@ -294,6 +294,14 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x.clamp(0, 1) * 255) / 255
 
 
+def difference_image(changed: np.ndarray, original: np.ndarray, gain: float = 10.0) -> np.ndarray:
+    """What changed between two uint8 pictures, ``gain`` times, around mid-grey (128 = no change):
+    the relabelling paper's Fig. 1 centre column, inversion's "the change", patterns' "what G
+    changed"."""
+    delta = np.asarray(changed, dtype=np.float32) - np.asarray(original, dtype=np.float32)
+    return np.clip(np.round(128.0 + gain * delta), 0, 255).astype(np.uint8)
+
+
 def to_png_bytes(pixels: np.ndarray) -> bytes:
     """Lossless PNG of a uint8 H x W x 3 (or H x W) array, for downloads."""
     pixels = np.asarray(pixels)

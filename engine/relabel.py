@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from . import images
 from .images import fit_square, quantize, to_tensor
 from .models import ModelHandle
 from .progress import Progress, report
@@ -297,7 +298,4 @@ def first_gradients(handle: ModelHandle, x: torch.Tensor, target: int) -> tuple[
     return tuple(v[0].permute(1, 2, 0).cpu().numpy() for v in (raw, sign))
 
 
-def difference_image(changed: np.ndarray, original: np.ndarray, gain: float = 10.0) -> np.ndarray:
-    """Fig. 1's centre column: the pixel difference x gain, shifted to mid-grey, uint8."""
-    delta = changed.astype(np.float32) - original.astype(np.float32)
-    return np.clip(127.5 + gain * delta, 0, 255).astype(np.uint8)
+difference_image = images.difference_image  # Fig. 1's centre column (one implementation, in images)

@@ -68,3 +68,17 @@ def test_uint8_round_trip_in_both_value_ranges(value_range):
 def test_atomic_writes_leave_ordinary_file_permissions(tmp_path):
     path = io.write_text_atomic(tmp_path / "a.json", "{}")
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_difference_image_is_mid_grey_where_nothing_changed_and_scales_with_gain():
+    original = np.full((2, 2, 3), 100, np.uint8)
+    changed = original.copy()
+    changed[0, 0] = (101, 99, 200)
+    picture = images.difference_image(changed, original, gain=10)
+    assert picture.dtype == np.uint8 and (picture[1, 1] == 128).all()
+    assert picture[0, 0].tolist() == [138, 118, 255]  # +10, -10, clipped
+    from engine import relabel
+    from engine.patterns import generate
+
+    assert relabel.difference_image is images.difference_image
+    assert np.array_equal(generate.change_picture(changed, original), images.difference_image(changed, original, gain=3))

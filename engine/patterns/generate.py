@@ -98,8 +98,7 @@ class GeneratedPatterns:
 
 def change_picture(pattern: np.ndarray, substrate: np.ndarray, *, gain: int = 3) -> np.ndarray:
     """What G changed, amplified ``gain`` times around mid-grey."""
-    difference = pattern.astype(np.int16) - substrate.astype(np.int16)
-    return np.clip(128 + gain * difference, 0, 255).astype(np.uint8)
+    return images.difference_image(pattern, substrate, gain=gain)
 
 
 def generate_all(loaded: LoadedGenerator, substrate: np.ndarray, weights: dict[int, float], *,
