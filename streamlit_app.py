@@ -10,6 +10,7 @@ returns the shared :class:`Selection` (model, image). Long work goes through :fu
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -120,6 +121,8 @@ def url_widget(widget: Callable[..., Any], label: str, *, key: str, default: Any
                     raise ValueError(raw)
                 low, high = kwargs.get("min_value"), kwargs.get("max_value")  # a number input's or a slider's
                 if any(low is not None and item < low or high is not None and item > high for item in chosen):
+                    raise ValueError(raw)
+                if any(isinstance(item, float) and not math.isfinite(item) for item in chosen):  # nan, inf
                     raise ValueError(raw)
             except (ValueError, TypeError, KeyError):
                 value = default

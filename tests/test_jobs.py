@@ -338,7 +338,7 @@ def test_200_inversion_runs_leave_rss_within_10_percent_of_its_level_after_20():
 
 
 def test_a_link_value_the_widget_would_refuse_falls_back_to_the_default_with_a_sentence():
-    for bad in ("9999", "0", "many"):
+    for bad in ("9999", "0", "many", "nan", "inf", "2.5"):
         app = controller_session(uuid.uuid4().hex[:8], steps=bad)
         assert app.number_input[0].value == 30
         assert any(f"steps='{bad}' is not a valid setting here" in w.value for w in app.warning), bad
