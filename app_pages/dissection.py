@@ -161,7 +161,7 @@ def render_units_table(result: dissection.DissectionResult, model_name: str) -> 
                                   "IoU", min_value=0.0, max_value=max(0.01, float(result.best_iou.max())),
                                   format="%.3f"),
                               "threshold": st.column_config.NumberColumn("threshold", format="%.3g")})
-    st.download_button("Units (CSV)", result.csv(), f"dissection_{model_name}_{result.layer}.csv", "text/csv")
+    st.download_button("Units (CSV)", result.csv, f"dissection_{model_name}_{result.layer}.csv", "text/csv")
     selected = picked.selection.rows if picked is not None else []
     return int(shown[selected[0]]["unit"]) if selected else None
 

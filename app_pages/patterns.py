@@ -256,7 +256,7 @@ def render_generated(handle: models.ModelHandle, loaded: generate.LoadedGenerato
     target = loaded.class_ids[loaded.class_names.index(strongest)]
     render_top5(handle, made.pattern, highlight=target, key="gen_top5", grey=settings.grey,
                 title="The classifier on the pattern" + (" (in grey)" if settings.grey else ""))
-    st.download_button("Pattern PNG", images.to_png_bytes(made.pattern), "pattern.png", "image/png")
+    st.download_button("Pattern PNG", lambda: images.to_png_bytes(made.pattern), "pattern.png", "image/png")
 
 
 def render_every_class(loaded: generate.LoadedGenerator, made: generate.GeneratedPatterns) -> None:
@@ -542,13 +542,13 @@ def render_run_results(view: runs.RunView) -> None:
 def render_downloads(folder: Path, view: runs.RunView) -> None:
     c1, c2, c3 = st.columns(3)
     checkpoint = folder / "checkpoint.pt"
-    c1.download_button("checkpoint.pt (resume elsewhere)", checkpoint.read_bytes(), f"{folder.name}-checkpoint.pt",
+    c1.download_button("checkpoint.pt (resume elsewhere)", checkpoint.read_bytes, f"{folder.name}-checkpoint.pt",
                        key=f"dl_ck_{folder.name}")
     if (folder / "log.csv").is_file():
-        c2.download_button("log.csv", (folder / "log.csv").read_bytes(), f"{folder.name}-log.csv", "text/csv",
+        c2.download_button("log.csv", (folder / "log.csv").read_bytes, f"{folder.name}-log.csv", "text/csv",
                            key=f"dl_log_{folder.name}")
     if view.sample is not None:
-        c3.download_button("Latest sample grid PNG", view.sample.read_bytes(), f"{folder.name}-{view.sample.name}",
+        c3.download_button("Latest sample grid PNG", view.sample.read_bytes, f"{folder.name}-{view.sample.name}",
                            "image/png", key=f"dl_grid_{folder.name}")
 
 
@@ -580,7 +580,7 @@ def render_quick_result(handle: models.ModelHandle, settings: QuickSettings, res
     c2.image(result.image, caption=f"after {len(result.total)} steps · p = {result.target_prob[-1]:.3f}",
              width="stretch")
     render_top5(handle, result.image, highlight=None, title="The classifier on the result", key="quick_bar")
-    st.download_button("Pattern PNG", images.to_png_bytes(result.image), "pattern.png", "image/png")
+    st.download_button("Pattern PNG", lambda: images.to_png_bytes(result.image), "pattern.png", "image/png")
 
 
 def quick_view(handle: models.ModelHandle) -> None:

@@ -191,10 +191,11 @@ def live_steps(handle: models.ModelHandle, target: int, cap: float | None) -> Ca
     return live
 
 
-def render_result(handle: models.ModelHandle, result: attacks.AttackResult, start: StartImage) -> None:
+def render_result(handle: models.ModelHandle, status: jobs.JobStatus, start: StartImage) -> None:
     """Before, difference and after; the numbers; the verdict; the PNG and the manifest."""
     names = handle.class_names
-    record = attacks.manifest(result, handle, image_name=start.name, image_sha256=start.sha256)
+    result: attacks.AttackResult = status.result
+    record = cache.attack_manifest(handle.name, status.id, start.name, start.sha256, result)
     c1, c2, c3 = st.columns(3)
     c1.image(result.original, caption=f"original · {names[result.original_class]}", width="stretch")
     c2.image(relabel.difference_image(result.image, result.original), caption="difference × 10, around mid-grey",
@@ -207,7 +208,7 @@ def render_result(handle: models.ModelHandle, result: attacks.AttackResult, star
     TONES[verdict.tone](verdict.text)
     d1, d2, _ = st.columns([1, 1, 3])
     stem = f"{start.name}_{result.attack}"
-    d1.download_button("Relabelled PNG", images.to_png_bytes(result.image), f"{stem}.png", "image/png",
+    d1.download_button("Relabelled PNG", lambda: images.to_png_bytes(result.image), f"{stem}.png", "image/png",
                        key=f"png_{start.name}")
     d2.download_button("Manifest (JSON)", io.manifest_json(record), f"{stem}.json", "application/json",
                        key=f"json_{start.name}")
@@ -260,7 +261,7 @@ def render_swap(handle: models.ModelHandle, settings: RelabelSettings, partner: 
     st.subheader(f"The swap: {partner.name} into a {handle.class_names[own_class]}")
     status = show_job(key, live=live_steps(handle, own_class, settings.config().as_dict().get("cap")), idle=None)
     if status is not None:
-        render_result(handle, status.result, partner)
+        render_result(handle, status, partner)
     if st.button("Stop swapping"):
         set_url_value("swap", None)
         st.rerun()
@@ -295,7 +296,7 @@ def main() -> None:
         status = show_job(job_key(handle, settings, start, target), live=live_steps(handle, target, cap))
         if status is not None:
             result = status.result
-            render_result(handle, result, start)
+            render_result(handle, status, start)
             render_before_after(handle, ranking, result, target)
             render_steps(handle, result, target)
             render_gradients(handle, start, target)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from functools import partial
+from typing import Callable
 
 import numpy as np
 import streamlit as st
@@ -350,16 +352,22 @@ def display_values(result: saliency.Explanation, display: DisplaySettings) -> np
     return plots.display_map(result.saliency, signed=display.signed and result.signed)
 
 
-def render_downloads(subject: Subject, result: saliency.Explanation, overlay: np.ndarray, key: str) -> None:
+def render_downloads(subject: Subject, result: saliency.Explanation, overlay: Callable[[], np.ndarray],
+                     key: str) -> None:
+    """The card's files, each made when its button is pressed (not on every rerun of the page)."""
     selection = subject.selection
     stem = saliency.file_stem(result, selection.image_name)
-    record = saliency.manifest(result, subject.handle, image_sha256=selection.digest, image_name=selection.image_name)
+
+    def manifest() -> str:
+        return io.manifest_json(saliency.manifest(result, subject.handle, image_sha256=selection.digest,
+                                                  image_name=selection.image_name))
+
     with st.popover("Files", icon=":material/download:", width="stretch"):
-        st.download_button("Overlay (PNG)", images.to_png_bytes(overlay), f"{stem}.png", "image/png", key=f"png_{key}")
-        st.download_button("Raw map (.npy)", saliency.npy_bytes(result.saliency), f"{stem}.npy",
+        st.download_button("Overlay (PNG)", lambda: images.to_png_bytes(overlay()), f"{stem}.png", "image/png",
+                           key=f"png_{key}")
+        st.download_button("Raw map (.npy)", lambda: saliency.npy_bytes(result.saliency), f"{stem}.npy",
                            "application/octet-stream", key=f"npy_{key}")
-        st.download_button("Manifest (JSON)", io.manifest_json(record), f"{stem}.json", "application/json",
-                           key=f"json_{key}")
+        st.download_button("Manifest (JSON)", manifest, f"{stem}.json", "application/json", key=f"json_{key}")
 
 
 def render_waiting_card(method: str, outcome: MapOutcome) -> None:
@@ -390,8 +398,8 @@ def render_map_card(subject: Subject, method: str, outcome: MapOutcome, values: 
         left, right = st.columns([1, 1])
         left.caption(f"{result.seconds:.2f} s · {'signed' if result.signed else 'non-negative'}")
         with right:
-            overlay = plots.overlay_rgb(subject.view, values, zmin=zmin, zmax=zmax, opacity=display.opacity, scale=scale)
-            render_downloads(subject, result, overlay, method)
+            render_downloads(subject, result, partial(plots.overlay_rgb, subject.view, values, zmin=zmin, zmax=zmax,
+                                                      opacity=display.opacity, scale=scale), method)
 
 
 def render_occluder_popover(result: saliency.Explanation, method: str) -> None:

@@ -444,9 +444,7 @@ class LeastLikely(PGD):
 
 def final_ranking(result: AttackResult, handle: ModelHandle, top_k: int = 5) -> Prediction:
     """The final image's top classes, from the probabilities the run already computed."""
-    order = np.argsort(-result.final_probs, kind="stable")[:top_k]
-    return Prediction(indices=tuple(int(i) for i in order), labels=tuple(handle.class_names[i] for i in order),
-                      probs=tuple(float(result.final_probs[i]) for i in order), model=handle.name)
+    return Prediction.from_probs(result.final_probs, handle.class_names, handle.name, top_k)
 
 
 def step_log(result: AttackResult) -> dict:

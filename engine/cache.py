@@ -35,10 +35,9 @@ def model_view(model_name: str, digest: str, _data: bytes) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def prediction(model_name: str, digest: str, _data: bytes, top_k: int = 5) -> models.Prediction:
-    from PIL import Image
-
-    image = Image.fromarray(decoded_image(digest, _data))
-    return classify.classify_image(get_handle(model_name), image, top_k=top_k)
+    """The image's ``top_k`` classes (pages ask for every class: one forward serves any k)."""
+    handle = get_handle(model_name)
+    return handle.classify(images.to_tensor(model_view(model_name, digest, _data), device=handle.device), top_k=top_k)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -55,7 +54,7 @@ def explanation(model_name: str, digest: str, _data: bytes, method: str, target:
 
 
 # ---------------------------------------------------------------------------------------------
-# Relabel and attacks (pages/relabel)
+# Relabel and attacks
 # A run's start image is named by its digest and bytes; no bytes means sec. 3.2's Gaussian image.
 
 
@@ -77,9 +76,12 @@ def _relabel_input(model_name: str, digest: str, data: bytes | None):
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def relabel_ranking(model_name: str, digest: str, _data: bytes | None) -> models.Prediction:
-    """Every class of the start image, most likely first."""
-    handle, x = _relabel_input(model_name, digest, _data)
-    return handle.classify(x, top_k=handle.num_classes)
+    """Every class of the start image, most likely first (a photo's is the one every page shares)."""
+    handle = get_handle(model_name)
+    if _data is not None:
+        return prediction(model_name, digest, _data, handle.num_classes)
+    return handle.classify(images.to_tensor(relabel_start(model_name, digest, None), device=handle.device),
+                           top_k=handle.num_classes)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -101,6 +103,14 @@ def relabel_first_gradients(model_name: str, digest: str, _data: bytes | None,
     return relabel.first_gradients(handle, x, target)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def attack_manifest(model_name: str, job_id: str, image_name: str, image_sha256: str | None, _result) -> dict:
+    """A finished attack's manifest (its quality figures include SSIM), made once per job."""
+    from . import attacks
+
+    return attacks.manifest(_result, get_handle(model_name), image_name=image_name, image_sha256=image_sha256)
+
+
 @st.cache_data(show_spinner="Checking the limits…", max_entries=64)
 def relabel_limit_checks(model_name: str, second_name: str, digest: str, _relabelled: np.ndarray, target: int,
                          original_class: int) -> list:
@@ -109,14 +119,6 @@ def relabel_limit_checks(model_name: str, second_name: str, digest: str, _relabe
     from . import relabel
 
     return relabel.limit_checks(get_handle(model_name), _relabelled, target, original_class, get_handle(second_name))
-# (end of relabel section)
-
-
-# ---------------------------------------------------------------------------------------------
-# Saliency
-
-
-# (end of saliency section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,8 +175,6 @@ def recall_inversion_mask(digest: str | None) -> np.ndarray | None:
     return _inversion_masks().get(digest) if digest else None
 
 
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def inversion_shape_mask(shape: str, size: int, box: tuple[float, float, float, float]) -> np.ndarray:
     """An ellipse or rectangle mask (sec. 2.3) at the model's size."""
@@ -200,7 +200,6 @@ def inversion_downloads(model_name: str, job_id: str, image_name: str, stem: str
                                 mask_pixels=mask_pixels)
     return {"png": images.to_png_bytes(_result.image), "zip": inversion.snapshots_zip(_result, stem),
             "csv": inversion.loss_log_csv(_result), "json": io.manifest_json(record)}
-# (end of inversion section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +242,6 @@ def unit_map_on_image(model_name: str, digest: str, _data: bytes, layer: str, un
     handle = get_handle(model_name)
     view = model_view(model_name, digest, _data)
     return view, dissection.unit_maps_on(handle, [view], layer, unit)[0].astype(np.float32)
-# (end of dissection section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,4 +286,3 @@ def pattern_prediction(model_name: str, digest: str, _picture: np.ndarray, grey:
     from .patterns import generate
 
     return generate.classify_pattern(get_handle(model_name), _picture, grayscale=grey)
-# (end of patterns section)

@@ -98,6 +98,14 @@ class Prediction:
     probs: tuple[float, ...]
     model: str
 
+    @classmethod
+    def from_probs(cls, probs: np.ndarray, class_names: Sequence[str], model: str, top_k: int = 5) -> "Prediction":
+        """The ``top_k`` most likely classes of one image's probabilities (every class: a full ranking)."""
+        probs = np.asarray(probs)
+        order = np.argsort(-probs, kind="stable")[:max(1, min(int(top_k), probs.shape[0]))]
+        return cls(indices=tuple(int(i) for i in order), labels=tuple(class_names[i] for i in order),
+                   probs=tuple(float(probs[i]) for i in order), model=model)
+
     def top(self, k: int) -> "Prediction":
         """The first ``k`` entries (a full ranking sliced, so one forward pass serves any k)."""
         return Prediction(self.indices[:k], self.labels[:k], self.probs[:k], self.model)
@@ -174,15 +182,7 @@ class ModelHandle:
 
     def classify(self, x: torch.Tensor, *, top_k: int = 5) -> Prediction:
         """Top-k classes of a single image (1, 3, H, W) in [0, 1]."""
-        probs = self.probabilities(x[:1])[0]
-        k = max(1, min(int(top_k), probs.shape[0]))
-        order = np.argsort(-probs, kind="stable")[:k]
-        return Prediction(
-            indices=tuple(int(i) for i in order),
-            labels=tuple(self.class_names[i] for i in order),
-            probs=tuple(float(probs[i]) for i in order),
-            model=self.name,
-        )
+        return Prediction.from_probs(self.probabilities(x[:1])[0], self.class_names, self.name, top_k)
 
     def class_index(self, which: int | str) -> int:
         """A class id from an int, a digit string or an exact/unique-prefix class name."""

@@ -653,9 +653,7 @@ def explain(handle: ModelHandle, x: torch.Tensor, method: str, target: int | Non
 def manifest(explanation: Explanation, handle: ModelHandle, *, image_sha256: str, image_name: str) -> dict:
     """Everything needed to reproduce a map: model, layer, method, class, parameters, versions."""
     import platform
-
-    import captum
-    import torchvision
+    from importlib.metadata import version  # the installed versions, without importing torchvision
 
     return io.manifest(
         "saliency",
@@ -669,7 +667,7 @@ def manifest(explanation: Explanation, handle: ModelHandle, *, image_sha256: str
              "max": float(explanation.saliency.max())},
         seconds=round(explanation.seconds, 4),
         versions={"python": platform.python_version(), "torch": torch.__version__,
-                  "torchvision": torchvision.__version__, "captum": captum.__version__, "numpy": np.__version__},
+                  "torchvision": version("torchvision"), "captum": version("captum"), "numpy": np.__version__},
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from engine import images
@@ -74,6 +77,16 @@ def test_saliency_page_runs_gradcam_and_occlusion(server):
         page.goto(f"{server}/saliency?image=coffee&methods=gradcam,occlusion")
         wait_for_app(page, "Faithfulness: deletion and insertion")
         page.get_by_text("Grad-CAM · espresso").first.wait_for()
+        # The card's files are made when their button is pressed: the PNG and the manifest arrive whole.
+        page.get_by_role("button", name="Files").first.click()
+        with page.expect_download() as png:
+            page.get_by_role("button", name="Overlay (PNG)").first.click()
+        assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with page.expect_download() as manifest:
+            page.get_by_role("button", name="Manifest (JSON)").first.click()
+        record = json.loads(Path(manifest.value.path()).read_text())
+        assert record["glassbox"] == "saliency" and record["method"] == "gradcam", record
+        page.keyboard.press("Escape")
         page.locator("summary").filter(has_text="Settings of the slow methods").click()
         wait_for_app(page)
         page.get_by_role("button", name="Run the slow methods").click()
