@@ -7,6 +7,7 @@
                             [--jitter 16] [--optimizer lbfgs|adam|gd] [--features LAYER] --out DIR
     python -m engine dissect --model M --layer L --concepts bundled|PATH [--n 2000] --out DIR
     python -m engine patterns train --classes goldfish zebra --steps N [--size 128] --out DIR [--resume]
+    python -m engine minds-eye train|export|evaluate|attack|render ...   (see engine/minds_eye/cli.py)
     python -m engine methods [--json]     # the saliency and attack registries: the KEYs above
     python -m engine models
 
@@ -351,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .patterns.cli import add_parser as add_patterns_parser
 
     add_patterns_parser(commands)
+    from .minds_eye.cli import add_parser as add_minds_eye_parser
+
+    add_minds_eye_parser(commands)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     p = commands.add_parser("methods", help="the saliency methods and attacks, with their settings (from the registries)")

@@ -1,0 +1,93 @@
+"""The shipped weights (``assets/minds_eye/weights``) and the networks built from them.
+
+Weights ship as float16 state dicts (half the size in git) and are loaded as float32; the error
+rates in the README are measured with exactly these files. A folder given instead (``--weights DIR``
+on the CLI) may hold training checkpoints (``<net>.ckpt``) from ``python -m engine minds-eye train``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from . import nets
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "minds_eye"
+WEIGHTS_DIR = ASSETS / "weights"
+FILES = ("direct", "direct-params", "direct-adv", "estimator", "projector", "comparator")
+CONTENDERS = ("direct", "direct_params", "direct_adv", "triple")  # the JSON keys of the CLI
+CONTENDER_LABELS = {"direct": "Direct classification", "direct_params": "Direct + parameter estimation",
+                    "direct_adv": "Direct, adversarially trained (PGD)", "triple": "Triple-staged"}
+
+
+def how_to_train(net: str) -> str:
+    return (f"train it with `python -m engine minds-eye train --net {net} --out runs/minds_eye` "
+            f"(or `--net triple` for the three stages)")
+
+
+def default_folder() -> str | None:
+    """``$GLASSBOX_MINDS_EYE_WEIGHTS`` (a training folder) when set, else None: the shipped weights."""
+    return os.environ.get("GLASSBOX_MINDS_EYE_WEIGHTS") or None
+
+
+def load_state(net: str, folder: str | Path | None = None) -> dict:
+    """A float32 state dict for ``net`` from ``folder`` (a checkpoint or an export) or the shipped weights."""
+    folder = folder or default_folder()
+    candidates = [Path(folder) / f"{net}.ckpt", Path(folder) / f"{net}.pt"] if folder else [WEIGHTS_DIR / f"{net}.pt"]
+    for path in candidates:
+        if path.is_file():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("model", state)
+            return {key: value.float() for key, value in state.items()}
+    where = folder or WEIGHTS_DIR
+    raise ModelError(f"No weights for the '{net}' network in {where}: {how_to_train(net)}.")
+
+
+def export(folder: str | Path, dest: str | Path = WEIGHTS_DIR, names=FILES) -> list[Path]:
+    """Write float16 copies of the checkpoints in ``folder`` to ``dest`` (what ships in assets/)."""
+    from .. import io
+
+    written = []
+    for net in names:
+        state = load_state(net, folder)
+        path = Path(dest) / f"{net}.pt"
+        with io.atomic_path(path) as temporary:
+            torch.save({key: value.half() for key, value in state.items()}, temporary)
+        written.append(path)
+    return written
+
+
+def _net(net: str, folder) -> torch.nn.Module:
+    from .train import build
+
+    model = build(net)
+    model.load_state_dict(load_state(net, folder))
+    return model.eval().requires_grad_(False)
+
+
+@lru_cache(maxsize=4)
+def contenders(folder: str | None = None) -> dict[str, torch.nn.Module]:
+    """The four contenders, ready for inference: three direct nets and the triple-staged one."""
+    return {
+        "direct": _net("direct", folder),
+        "direct_params": _net("direct-params", folder),
+        "direct_adv": _net("direct-adv", folder),
+        "triple": nets.TripleStaged(_net("estimator", folder), _net("projector", folder),
+                                    _net("comparator", folder)).eval(),
+    }
+
+
+def available(folder: str | None = None) -> list[str]:
+    """The networks whose weights are present (the page says which are missing)."""
+    found = []
+    for net in FILES:
+        try:
+            load_state(net, folder)
+        except ModelError:
+            continue
+        found.append(net)
+    return found
