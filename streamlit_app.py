@@ -63,6 +63,10 @@ PAGES: tuple[PageEntry, ...] = (
     PageEntry("app_pages/patterns.py", "Patterns", ":material/checkroom:", "patterns",
               "Paint what the classifier thinks a class looks like onto a garment: Chaplygin & Chacksfield's "
               "conditional GAN from a trained checkpoint, or a quick direct optimisation with the same losses."),
+    PageEntry("app_pages/minds_eye.py", "Mind's Eye", ":material/view_in_ar:", "minds_eye",
+              "A classifier that must redraw what it sees (Berntsen et al.): estimate a 3D object's rotation, draw it, "
+              "compare the drawing with the image; its error rates, and how much harder it is to fool than a direct "
+              "network."),
 )
 
 

@@ -286,3 +286,152 @@ def pattern_prediction(model_name: str, digest: str, _picture: np.ndarray, grey:
     from .patterns import generate
 
     return generate.classify_pattern(get_handle(model_name), _picture, grayscale=grey)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mind's Eye (Berntsen et al.): the networks, the explorer's single image, Table 1, sweeps, Fig. 5.
+# Every entry is keyed by the weights folder (None: the shipped weights) and a stamp of its files,
+# so a retrained or newly exported network is read again.
+
+
+def minds_eye_stamp(folder: str | None) -> tuple:
+    """(file name, mtime ns, size) of every weight file in use: cheap, and it changes with retraining."""
+    from pathlib import Path
+
+    from .minds_eye import weights
+
+    stamp = []
+    for net in weights.FILES:
+        candidates = ([Path(folder) / f"{net}.ckpt", Path(folder) / f"{net}.pt"] if folder
+                      else [weights.WEIGHTS_DIR / f"{net}.pt"])
+        for path in candidates:
+            if path.is_file():
+                info = path.stat()
+                stamp.append((path.name, info.st_mtime_ns, info.st_size))
+                break
+    return tuple(stamp)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the Mind's Eye networks…")
+def minds_eye_contenders(folder: str | None, stamp: tuple) -> dict:
+    """The four contenders (three direct nets and the triple-staged one); ModelError names a missing one."""
+    from .minds_eye import weights
+
+    weights.forget()  # a new stamp means new files: the engine's own cache is stale too
+    return weights.contenders(folder)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def minds_eye_digest(folder: str | None, stamp: tuple) -> str:
+    """The engine's digest of the weight files (it names the on-disk Table 1 cache and the job keys)."""
+    from .minds_eye import evaluate
+
+    return evaluate.weights_digest(folder)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def minds_eye_test_image(index: int) -> tuple[np.ndarray, int, tuple[float, float, float]]:
+    """Test image ``index``: (uint8 64×64, its class id, its true angles)."""
+    from .minds_eye import data
+
+    batch = data.make_batch("test", [int(index)])
+    return ((batch.image[0, 0] * 255).round().byte().numpy(), int(batch.label[0]),
+            tuple(round(float(a), 4) for a in batch.angles[0]))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def minds_eye_composed(name: str, angles: tuple[float, float, float], background: int) -> np.ndarray:
+    """The explorer's query: ``name`` (an object, or "none") at ``angles`` over test background
+    ``background``, composited and 8-bit quantised (uint8 64×64)."""
+    import torch
+
+    from .minds_eye import data, render
+
+    back = data.background_only("test", int(background))
+    if name == "none":
+        grey, alpha = torch.zeros_like(back), torch.zeros_like(back)
+    else:
+        g, a = render.render_one(name, angles)
+        grey, alpha = torch.as_tensor(g)[None, None], torch.as_tensor(a)[None, None]
+    return (data.compose(grey, alpha, back)[0, 0] * 255).round().byte().numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def minds_eye_explore(folder: str | None, stamp: tuple, digest: str, _image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every network on one image (uint8 64×64, named by ``digest``), as numpy: the triple-staged
+    net's ``scores`` (3,), ``angles`` (3, 3), ``drawing`` and ``alpha`` (3, 64, 64), ``similarity``
+    and ``weight`` (3, 55, 55), and each direct net's softmax as ``direct:<key>`` (4,)."""
+    import torch
+
+    nets = minds_eye_contenders(folder, stamp)
+    x = torch.as_tensor(_image, dtype=torch.float32)[None, None] / 255.0
+    with torch.inference_mode():
+        out = nets["triple"](x)
+        view = {name: getattr(out, name)[0].numpy() for name in ("scores", "angles", "alpha", "similarity", "weight")}
+        view["drawing"] = out.image[0].numpy()
+        for key in ("direct", "direct_params", "direct_adv"):
+            view[f"direct:{key}"] = torch.softmax(nets[key](x)["logits"], 1)[0].numpy()
+    return view
+
+
+def minds_eye_scores_path(n_per_class: int, digest: str):
+    """Where :func:`engine.minds_eye.evaluate.test_scores` finds its scores (seed 0): the shipped copy
+    beside the weights, or the disk cache (the path it will write when neither exists yet)."""
+    from .minds_eye import evaluate, weights
+
+    return evaluate.scores_path(n_per_class, 0, weights.default_folder())
+
+
+@st.cache_data(show_spinner="Reading the test set's scores…", max_entries=8)
+def minds_eye_scores(folder: str | None, digest: str, n_per_class: int):
+    """Table 1's scores, once :func:`minds_eye_scores_path` exists (else this computes them inline)."""
+    from .minds_eye import evaluate
+
+    return evaluate.test_scores(int(n_per_class), folder=folder)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def minds_eye_curve(digest: str, n_per_class: int, _scores, points: int = 100) -> dict[str, np.ndarray]:
+    """Error against Θ (missed and wrong) over [0, 1) for the scores named by (digest, n)."""
+    return _scores.curve(np.linspace(0.0, 0.99, points))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def minds_eye_sweep_file(kind: str, path: str, mtime_ns: int) -> tuple[dict | None, dict[str, np.ndarray] | None]:
+    """A shipped sweep (Fig. 4 or 6): its JSON and its images (the .npz beside it), or None for each."""
+    import json
+    from pathlib import Path
+
+    from .minds_eye import evaluate
+
+    json_path = Path(path)
+    if not json_path.is_file():
+        return None, None
+    return json.loads(json_path.read_text()), evaluate.load_sweep_images(json_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def minds_eye_believed(folder: str | None, stamp: tuple, key: str, theta: float, digest: str,
+                       _image: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """Fig. 5's bottom row for one adversarial image (``digest`` names its pixels): the verdict and
+    what the network believes, drawn over the image (uint8), or None."""
+    from .minds_eye import evaluate
+
+    minds_eye_contenders(folder, stamp)  # the engine's cache then holds these weights
+    verdict, picture = evaluate.believed_drawing(key, _image, theta, folder=folder)
+    return verdict, None if picture is None else (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
+
+
+def minds_eye_live_attack(nets: dict, attacked: str, image: np.ndarray, target: int, theta: float, *,
+                          max_steps: int, snapshot_every: int = 10, progress=None, observer=None):
+    """The Attack-live job: §3.2's sign steps on one uint8 image against ``nets[attacked]``, every
+    contender watching (the triple-staged one at ``theta``)."""
+    import torch
+
+    from .minds_eye import attack
+
+    contenders = {key: attack.Contender(key, net, attack.check_thetas([theta]) if key == "triple" else (None,))
+                  for key, net in nets.items()}
+    x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None, None] / 255.0
+    return attack.live_attack(contenders, attacked, x, int(target), max_steps=int(max_steps),
+                              snapshot_every=int(snapshot_every), progress=progress, observer=observer)

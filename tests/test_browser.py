@@ -12,7 +12,7 @@ from tests.browser import chromium_page, click_and_wait, reload_mid_run, screens
 
 pytestmark = pytest.mark.browser
 
-NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns"]
+NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye"]
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,33 @@ def test_patterns_page_generates_from_the_shipped_generator_and_trains(server, t
         assert not page.get_by_role("button", name="Stop", exact=True).count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "patterns-trained")
+
+
+def test_minds_eye_page_explorer_table_and_effort(server):
+    from engine.minds_eye import weights
+
+    if not all((weights.WEIGHTS_DIR / f"{net}.pt").is_file() for net in weights.FILES) \
+            and not weights.default_folder():
+        pytest.skip("No Mind's Eye weights: ship them in assets/minds_eye/weights or set GLASSBOX_MINDS_EYE_WEIGHTS.")
+    with chromium_page() as page:
+        page.goto(f"{server}/minds_eye?ax=0.2&az=-0.1")
+        wait_for_app(page, "Triple-staged verdict")
+        page.locator(".js-plotly-plot").nth(2).wait_for()  # similarity and weight, once per object class
+        assert sidebar_nav_labels(page) == NAV
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "minds-eye-explorer")
+
+        page.goto(f"{server}/minds_eye?view=table&n=50")
+        wait_for_app(page, "Test images per class")
+        if page.get_by_role("button", name="Score the test set", exact=True).count():
+            click_and_wait(page, "Score the test set", "fresh test images", timeout_ms=240_000)
+        page.get_by_text("the paper (Table 1)").first.wait_for()  # the curve's legend
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "minds-eye-table1")
+
+        page.get_by_role("radio", name="Effort (Fig. 4, 6)").click()  # the view switcher (a segmented control)
+        wait_for_app(page, "A fresh sweep")
+        assert "view=effort" in page.url
+        assert page.get_by_text("The shipped sweep (Fig. 4)").count()
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "minds-eye-effort")

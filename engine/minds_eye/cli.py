@@ -3,7 +3,7 @@
     python -m engine minds-eye train --net direct|direct-params|direct-adv|triple|estimator|projector|comparator
                                      --out DIR [--steps N] [--batch 64] [--fresh]
     python -m engine minds-eye export --from DIR [--to assets/minds_eye/weights]
-    python -m engine minds-eye evaluate --n N [--json] [--weights DIR]
+    python -m engine minds-eye evaluate --n N [--json] [--weights DIR] [--save table1.json] [--ship-scores]
     python -m engine minds-eye attack --kind false-positive|false-negative --n N [--max-steps 1500] [--json]
                                       [--save FILE.json]
     python -m engine minds-eye render --object monkey --angles 0.1,-0.2,0.3 --out x.png [--background N]
@@ -44,6 +44,9 @@ def add_parser(commands) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--weights", help="a folder of checkpoints instead of the shipped weights")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--save", help="also write the table as JSON here (assets/minds_eye/table1.json is the shipped one)")
+    v.add_argument("--ship-scores", action="store_true",
+                   help="copy the scores beside the shipped weights, so the page's Table 1 opens without computing")
     v.set_defaults(run=cmd_evaluate)
     a = sub.add_parser("attack", help="Fig. 4/6: steps and distortion to flip each network")
     a.add_argument("--kind", required=True, choices=attack.KINDS)
@@ -103,10 +106,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with tqdm_progress("scoring", disable=args.json) as progress:
         scores = evaluate.test_scores(args.n, seed=args.seed, folder=args.weights, progress=progress)
     table = scores.table()
+    seconds = time.perf_counter() - began
+    if args.save:
+        from .. import io
+
+        io.write_json_atomic(args.save, {"error_rate": table, "n_per_class": args.n, "seed": args.seed,
+                                         "weights": evaluate.weights_digest(args.weights), "seconds": round(seconds, 1),
+                                         "paper": evaluate.PAPER_TABLE1})
+    if args.ship_scores:
+        evaluate.save_scores(scores, evaluate.shipped_scores_path(args.n, args.seed))
     if args.json:
         print(json.dumps({"error_rate": table, "n_per_class": args.n, "paper": evaluate.PAPER_TABLE1}, indent=2))
         return 0
-    print(f"Table 1 on {4 * args.n} fresh test images ({time.perf_counter() - began:.0f} s)")
+    print(f"Table 1 on {4 * args.n} fresh test images ({seconds:.0f} s)")
     for name, rate in table.items():
         paper = evaluate.PAPER_TABLE1.get(name)
         print(f"  {name:<16} {100 * rate:6.2f} %   paper: {'—' if paper is None else f'{100 * paper:.2f} %'}")

@@ -82,10 +82,13 @@ def test_scores(n_per_class: int = 1000, *, seed: int = 0, folder: str | None = 
     """Score ``4·n_per_class`` test images with every contender (cached on disk)."""
     if n_per_class < 1:
         raise ConfigError("The test set needs at least one image per class.")
-    path = cache_dir() / f"scores-{weights_digest(folder)}-{n_per_class}-{seed}.npz"
-    if use_cache and path.is_file():
-        stored = np.load(path)
-        return TestScores(stored["label"], {k: stored[k] for k in weights.CONTENDERS[:3]}, stored["triple"])
+    path = scores_path(n_per_class, seed, folder)
+    if use_cache:
+        for found in (path, cache_dir() / path.name):
+            if found.is_file():
+                with np.load(found) as stored:
+                    return TestScores(stored["label"], {k: stored[k] for k in weights.CONTENDERS[:3]},
+                                      stored["triple"])
     models = weights.contenders(folder)
     total = n_per_class * len(data.CLASSES)
     labels, direct, triple = [], {k: [] for k in weights.CONTENDERS[:3]}, []
@@ -99,9 +102,28 @@ def test_scores(n_per_class: int = 1000, *, seed: int = 0, folder: str | None = 
             report(progress, min(total, start + EVAL_BATCH) / total, f"scored {min(total, start + EVAL_BATCH)} of {total} test images")
     result = TestScores(np.concatenate(labels), {k: np.concatenate(v) for k, v in direct.items()},
                         np.concatenate(triple))
-    with io.atomic_path(path, suffix=".npz") as temporary:
-        np.savez(temporary, label=result.label, triple=result.triple, **result.direct)
+    save_scores(result, cache_dir() / path.name)
     return result
+
+
+def scores_path(n_per_class: int, seed: int = 0, folder: str | None = None) -> Path:
+    """Where the test scores for these weights are: the shipped copy beside the weights (the shipped
+    weights' 1000-per-class scores ship, so the page opens instantly), else the disk cache (written on
+    the first evaluation)."""
+    name = f"scores-{weights_digest(folder)}-{int(n_per_class)}-{int(seed)}.npz"
+    shipped = weights.ASSETS / name
+    return shipped if shipped.is_file() else cache_dir() / name
+
+
+def save_scores(result: TestScores, path: Path) -> Path:
+    with io.atomic_path(path, suffix=".npz") as temporary:
+        np.savez_compressed(temporary, label=result.label.astype(np.int8), triple=result.triple.astype(np.float32),
+                            **{k: v.astype(np.float32) for k, v in result.direct.items()})
+    return path
+
+
+def shipped_scores_path(n_per_class: int = 1000, seed: int = 0) -> Path:
+    return weights.ASSETS / scores_path(n_per_class, seed).name
 
 
 def contender_list(thetas=attack.PAPER_THETAS, folder: str | None = None) -> list[attack.Contender]:

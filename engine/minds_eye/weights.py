@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from io import BytesIO
 from pathlib import Path
 
 import torch
@@ -54,10 +55,9 @@ def export(folder: str | Path, dest: str | Path = WEIGHTS_DIR, names=FILES) -> l
     written = []
     for net in names:
         state = load_state(net, folder)
-        path = Path(dest) / f"{net}.pt"
-        with io.atomic_path(path) as temporary:
-            torch.save({key: value.half() for key, value in state.items()}, temporary)
-        written.append(path)
+        buffer = BytesIO()  # saved through a buffer: torch names the archive after the file, and the
+        torch.save({key: value.half() for key, value in state.items()}, buffer)  # temporary name is random
+        written.append(io.write_bytes_atomic(Path(dest) / f"{net}.pt", buffer.getvalue()))
     return written
 
 
@@ -69,9 +69,17 @@ def _net(net: str, folder) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-@lru_cache(maxsize=4)
 def contenders(folder: str | None = None) -> dict[str, torch.nn.Module]:
-    """The four contenders, ready for inference: three direct nets and the triple-staged one."""
+    """The four contenders, ready for inference: three direct nets and the triple-staged one.
+
+    ``folder`` None means ``$GLASSBOX_MINDS_EYE_WEIGHTS`` if set, else the shipped weights; read per
+    call, so a changed variable is seen (the networks themselves are cached per folder).
+    """
+    return _contenders(str(folder or default_folder() or WEIGHTS_DIR))
+
+
+@lru_cache(maxsize=4)
+def _contenders(folder: str) -> dict[str, torch.nn.Module]:
     return {
         "direct": _net("direct", folder),
         "direct_params": _net("direct-params", folder),
@@ -91,3 +99,8 @@ def available(folder: str | None = None) -> list[str]:
             continue
         found.append(net)
     return found
+
+
+def forget() -> None:
+    """Drop the cached networks (after the weight files changed on disk)."""
+    _contenders.cache_clear()
