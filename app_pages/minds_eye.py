@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 from engine import cache, images, jobs, plots
 from engine.errors import GlassboxError
 from engine.minds_eye import attack, data, evaluate, weights
-from streamlit_app import page_header, set_url_value, show_job, start_job, url_value, url_widget
+from streamlit_app import find_job, page_header, set_url_value, show_job, start_job, url_value, url_widget
 
 VIEWS = {"explorer": "Explorer", "table": "Table 1", "effort": "Effort (Fig. 4, 6)", "gallery": "Gallery (Fig. 5)",
          "attack": "Attack live"}
@@ -705,6 +705,10 @@ def attack_view(w: Weights) -> None:
                       cancelled="Stopped. Press **Attack** to start again.")
     if status is not None:
         render_attack_result(settings, image, status)
+        return
+    stopped = find_job(key)
+    if stopped is not None and stopped.state is jobs.JobState.CANCELLED and stopped.records:
+        live_view(settings, image)(stopped)  # how far it got: the last snapshot and every network's curves
 
 
 # --- The page -----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -219,3 +220,18 @@ def test_the_live_attack_runs_to_its_end_and_a_second_session_finds_it():
     assert len(second.main.get("image")) == 1 + 3  # the image, then original / adversarial / difference
     assert [b.proto.label for b in second.get("download_button")] == ["Adversarial PNG"]
     assert any("Every network on the adversarial image" in m.value for m in second.markdown)
+
+
+def test_a_stopped_live_attack_still_shows_how_far_it_got():
+    at = open_page(view="attack", net="triple", img="2", steps="1500", theta="0.7")
+    button(at, "Attack").click().run()
+    assert not at.exception, at.exception
+    running = next(s for s in jobs.registry().list() if s.title.startswith("Attacking Triple-staged"))
+    deadline = time.monotonic() + 120
+    while len(jobs.registry().status(running.id).records) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    jobs.registry().cancel(running.id)  # what the page's Stop button does
+    finish(at)
+    assert any("Stopped" in i.value for i in at.info)
+    assert any(c.value.startswith("step ") for c in at.caption)  # the last snapshot's step and distortion
+    assert any(c.value.startswith("Now: ") for c in at.caption)  # every network's verdict when it stopped
