@@ -649,7 +649,7 @@ def live_view(settings: AttackSettings, image: AttackImage):
         shot = next((r for r in reversed(records) if "image" in r), None)
         left, right = st.columns([1, 3])
         if shot is not None:
-            left.image(zoom(np.asarray(shot["image"], dtype=np.uint8)), caption=f"step {shot['step']}")
+            left.image(zoom(attack.snapshot(shot)), caption=f"step {shot['step']}")
         left.caption(f"step {last['step']} · distortion {last['distortion']:.4f}")
         right.plotly_chart(score_curves(records, settings.target, image.label, settings.theta), width="stretch",
                            key=f"live_{status.id}_{len(records)}")
@@ -662,6 +662,22 @@ def difference(final: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, flo
     change = final.astype(np.float32) - original.astype(np.float32)
     scale = 127.0 / max(float(np.abs(change).max()), 1.0)
     return np.clip(128 + scale * change, 0, 255).round().astype(np.uint8), scale
+
+
+def render_step_viewer(records: tuple, original: np.ndarray) -> None:
+    """Each step's image, with every network's verdict on it: a slider over the attack's snapshots."""
+    shots = [r for r in records if "image" in r]
+    if len(shots) < 2:
+        return
+    steps = [r["step"] for r in shots]
+    step = st.select_slider("Look at step", options=steps, value=steps[-1], key="attack_step")
+    record = shots[steps.index(step)]
+    pixels = attack.snapshot(record)
+    left, middle, right = st.columns([1, 1, 2])
+    left.image(zoom(pixels), caption=f"step {step} · distortion {record['distortion']:.4f}")
+    change, scale = difference(pixels, original)
+    middle.image(zoom(change), caption=f"its change ×{scale:.3g}")
+    right.markdown("At this step: " + verdict_line(record))
 
 
 def render_attack_result(settings: AttackSettings, image: AttackImage, status: jobs.JobStatus) -> None:
@@ -684,6 +700,7 @@ def render_attack_result(settings: AttackSettings, image: AttackImage, status: j
         st.markdown("Every network on the adversarial image: " + verdict_line(records[-1]))
         st.plotly_chart(score_curves(records, settings.target, image.label, settings.theta), width="stretch",
                         key="attack_curves")
+        render_step_viewer(records, result.original)
     st.download_button("Adversarial PNG", lambda: images.to_png_bytes(result.final),
                        f"minds-eye-{result.attacked}-to-{target}.png", "image/png", key="attack_png")
 
@@ -699,7 +716,7 @@ def attack_view(w: Weights) -> None:
     key = attack_key(w, settings, image)
     if run:
         start_job(key, cache.minds_eye_live_attack, w.nets, settings.network, image.pixels, settings.target,
-                  settings.theta, max_steps=settings.max_steps, snapshot_every=10, records=True,
+                  settings.theta, max_steps=settings.max_steps, snapshot_every=1, records=True,
                   title=f"Attacking {weights.CONTENDER_LABELS[settings.network]} toward {data.CLASSES[settings.target]}")
     status = show_job(key, live=live_view(settings, image), idle="Press **Attack** to start.", cancel_label="Stop",
                       cancelled="Stopped. Press **Attack** to start again.")

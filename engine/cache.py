@@ -423,7 +423,7 @@ def minds_eye_believed(folder: str | None, stamp: tuple, key: str, theta: float,
 
 
 def minds_eye_live_attack(nets: dict, attacked: str, image: np.ndarray, target: int, theta: float, *,
-                          max_steps: int, snapshot_every: int = 10, progress=None, observer=None):
+                          max_steps: int, snapshot_every: int = 1, progress=None, observer=None):
     """The Attack-live job: §3.2's sign steps on one uint8 image against ``nets[attacked]``, every
     contender watching (the triple-staged one at ``theta``)."""
     import torch

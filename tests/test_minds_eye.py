@@ -276,3 +276,18 @@ def test_cli_evaluate_and_attack_print_the_documented_json(tmp_path):
     for row in summary.values():
         assert set(row) >= {"steps", "distortion", "flipped", "n"}
         assert set(row["steps"]) == {"median", "p2", "p98"} and row["n"] + row["excluded"] == 2
+
+
+def test_live_attack_keeps_every_steps_image_and_stops_at_the_flip():
+    contenders = {"direct": attack.Contender("direct", Brightness())}
+    x = torch.full((1, 1, 64, 64), 95 / 255)
+    log = []
+    result = attack.live_attack(contenders, "direct", x, 1, max_steps=20, observer=log)
+    assert result.flipped_at == 6 and result.steps == 6  # mean 101 > 100 after 6 steps
+    assert [r["step"] for r in log] == list(range(7))
+    frames = [attack.snapshot(r) for r in log]
+    assert all(int(f.max()) == 95 + i and int(f.min()) == 95 + i for i, f in enumerate(frames))  # one level a step
+    assert np.array_equal(frames[-1], result.final) and log[-1]["verdicts"] == {"direct": 1}
+    assert log[0]["scores"]["direct"][0] == pytest.approx(1 / (1 + math.exp(-5)), abs=1e-5)  # logits 100 vs 95
+    with pytest.raises(ConfigError):
+        attack.live_attack(contenders, "triple", x, 1)

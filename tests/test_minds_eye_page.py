@@ -217,7 +217,14 @@ def test_the_live_attack_runs_to_its_end_and_a_second_session_finds_it():
     finish(second)
     outcome = texts(second.success) + texts(second.warning)
     assert "Direct classification" in outcome and "aeroplane" in outcome
-    assert len(second.main.get("image")) == 1 + 3  # the image, then original / adversarial / difference
+    slider = second.get("select_slider")
+    assert len(slider) == 1 and slider[0].label == "Look at step"
+    steps = list(slider[0].options)
+    # the image; original / adversarial / difference; the chosen step and its change
+    assert len(second.main.get("image")) == 1 + 3 + 2
+    slider[0].set_value(steps[0]).run()
+    assert not second.exception, second.exception
+    assert any(f"step {steps[0]} ·" in str(i.proto) for i in second.main.get("image"))  # that step's image
     assert [b.proto.label for b in second.get("download_button")] == ["Adversarial PNG"]
     assert any("Every network on the adversarial image" in m.value for m in second.markdown)
 
