@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from engine import cache, images, jobs, plots
 from engine.errors import GlassboxError
-from engine.minds_eye import attack, data, evaluate, weights
+from engine.minds_eye import attack, data, evaluate, nets, weights
 from streamlit_app import find_job, page_header, set_url_value, show_job, start_job, url_value, url_widget
 
 VIEWS = {"explorer": "Explorer", "table": "Table 1", "effort": "Effort (Fig. 4, 6)", "gallery": "Gallery (Fig. 5)",
@@ -104,12 +104,6 @@ def zoom(pixels: np.ndarray, factor: int = ZOOM) -> np.ndarray:
 
 def to_uint8(picture: np.ndarray) -> np.ndarray:
     return (np.clip(picture, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
-def verdict(scores: np.ndarray, theta: float) -> int:
-    """§2.1's rule: the best-scoring object if its score exceeds Θ, else None."""
-    best = int(np.argmax(scores))
-    return best if scores[best] > theta else data.NONE
 
 
 def rule_label(name: str) -> str:
@@ -210,7 +204,7 @@ def similarity_figure(similarity: np.ndarray, weight: np.ndarray) -> go.Figure:
 
 
 def render_verdict(settings: ExplorerSettings, scores: np.ndarray) -> None:
-    said = verdict(scores, settings.theta)
+    said = nets.verdict_array(scores, settings.theta)
     best = int(np.argmax(scores))
     if said == data.NONE:
         reason = f"no score exceeds Θ = {settings.theta:.2f} (the best, {data.CLASSES[best]}, has {scores[best]:.3f})"
@@ -255,7 +249,7 @@ def render_explorer(settings: ExplorerSettings, view: dict[str, np.ndarray]) -> 
                 "rotation, the projector draws that object at that rotation, and the comparator scores each 10×10 "
                 "patch of the drawing against the image; the score is the similarity averaged with the drawing's "
                 "alpha as weight (Fig. 2).")
-    said = verdict(view["scores"], settings.theta)
+    said = nets.verdict_array(view["scores"], settings.theta)
     for c in range(len(OBJECTS)):
         with st.container(border=True):
             render_class_row(settings, view, c, said)
@@ -347,7 +341,7 @@ def table_view(w: Weights) -> None:
                "triple-staged network's error depends on Θ, which trades missed objects against invented ones.")
     n, theta = table_controls()
     key = f"minds-eye-table|{w.folder}|{w.digest}|{n}"
-    if cache.minds_eye_scores_path(n, w.digest).is_file():
+    if evaluate.scores_path(n, 0, w.folder).is_file():
         render_table(cache.minds_eye_scores(w.folder, w.digest, n), n, theta, w.digest)
         return
     if st.button("Score the test set", type="primary"):
@@ -659,9 +653,8 @@ def live_view(settings: AttackSettings, image: AttackImage):
 
 def difference(final: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, float]:
     """The change around mid-grey, scaled so the largest change just fits; and the scale."""
-    change = final.astype(np.float32) - original.astype(np.float32)
-    scale = 127.0 / max(float(np.abs(change).max()), 1.0)
-    return np.clip(128 + scale * change, 0, 255).round().astype(np.uint8), scale
+    scale = 127.0 / max(float(np.abs(final.astype(np.float32) - original.astype(np.float32)).max()), 1.0)
+    return images.difference_image(final, original, gain=scale), scale
 
 
 def render_step_viewer(records: tuple, original: np.ndarray) -> None:

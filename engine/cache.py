@@ -296,19 +296,14 @@ def pattern_prediction(model_name: str, digest: str, _picture: np.ndarray, grey:
 
 def minds_eye_stamp(folder: str | None) -> tuple:
     """(file name, mtime ns, size) of every weight file in use: cheap, and it changes with retraining."""
-    from pathlib import Path
-
     from .minds_eye import weights
 
     stamp = []
     for net in weights.FILES:
-        candidates = ([Path(folder) / f"{net}.ckpt", Path(folder) / f"{net}.pt"] if folder
-                      else [weights.WEIGHTS_DIR / f"{net}.pt"])
-        for path in candidates:
-            if path.is_file():
-                info = path.stat()
-                stamp.append((path.name, info.st_mtime_ns, info.st_size))
-                break
+        path = weights.weight_file(net, folder)
+        if path is not None:
+            info = path.stat()
+            stamp.append((path.name, info.st_mtime_ns, info.st_size))
     return tuple(stamp)
 
 
@@ -374,17 +369,9 @@ def minds_eye_explore(folder: str | None, stamp: tuple, digest: str, _image: np.
     return view
 
 
-def minds_eye_scores_path(n_per_class: int, digest: str):
-    """Where :func:`engine.minds_eye.evaluate.test_scores` finds its scores (seed 0): the shipped copy
-    beside the weights, or the disk cache (the path it will write when neither exists yet)."""
-    from .minds_eye import evaluate, weights
-
-    return evaluate.scores_path(n_per_class, 0, weights.default_folder())
-
-
 @st.cache_data(show_spinner="Reading the test set's scores…", max_entries=8)
 def minds_eye_scores(folder: str | None, digest: str, n_per_class: int):
-    """Table 1's scores, once :func:`minds_eye_scores_path` exists (else this computes them inline)."""
+    """Table 1's scores, once :func:`engine.minds_eye.evaluate.scores_path` exists (else computed inline)."""
     from .minds_eye import evaluate
 
     return evaluate.test_scores(int(n_per_class), folder=folder)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from engine.errors import ConfigError, ModelError
+from engine.images import quantize
 from engine.minds_eye import attack, data, evaluate, nets, train, weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_test_backgrounds_come_from_photos_training_never_sees():
 def test_none_samples_are_background_only_and_objects_are_composited():
     batch = data.make_batch("test", range(8))
     none = batch.label == data.NONE
-    assert torch.equal(batch.image[none], data.quantise(batch.background[none]))
+    assert torch.equal(batch.image[none], quantize(batch.background[none]))
     assert batch.alpha[none].sum() == 0 and batch.angles[none].abs().sum() == 0
     assert (batch.alpha[~none].flatten(1).mean(1) > 0.05).all()
     assert batch.angles.abs().max() <= 0.5

@@ -81,8 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     nets = train.TRIPLE_STAGES if args.net == "triple" else (args.net,)
     for net in nets:
-        settings = train.default_settings(net)
-        settings = train.with_steps(train.TrainSettings(steps=settings.steps, batch=args.batch, seed=args.seed), args.steps)
+        settings = train.TrainSettings(steps=args.steps or train.DEFAULT_STEPS[net], batch=args.batch, seed=args.seed)
         with tqdm_progress(net) as progress:
             outcome = train.train(net, args.out, settings, resume=not args.fresh, progress=progress)
         print(f"{net}: {outcome.steps} steps in {outcome.seconds / 60:.1f} min, last loss {outcome.last_loss:.4f}, "

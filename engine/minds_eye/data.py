@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..images import quantize
 from . import render
 
 CLASSES = (*render.OBJECTS, "none")
@@ -49,10 +50,6 @@ class Batch:
     @property
     def positive(self) -> torch.Tensor:
         return self.label != NONE
-
-    def take(self, keep: torch.Tensor) -> "Batch":
-        return Batch(*(getattr(self, name)[keep] for name in
-                       ("image", "label", "angles", "grey", "alpha", "background")))
 
 
 def photo_names(split: str) -> tuple[str, ...]:
@@ -123,14 +120,9 @@ def backgrounds(split: str, photo: np.ndarray, crop: np.ndarray, centre: np.ndar
     return F.avg_pool2d(sampled, 2)
 
 
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round to 8-bit grey levels (values stay in [0, 1])."""
-    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
-
-
 def compose(grey: torch.Tensor, alpha: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
     """Alpha-composite the object over the background ("over" operator), then 8-bit quantise."""
-    return quantise(alpha * grey + (1 - alpha) * background)
+    return quantize(alpha * grey + (1 - alpha) * background)
 
 
 def make_batch(split: str, indices, seed: int = 0) -> Batch:

@@ -8,7 +8,6 @@ recomputes Table 1 and the error/Θ curve without touching a network.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +27,10 @@ EVAL_BATCH = 200
 def weights_digest(folder: str | None = None) -> str:
     """A short digest of the weight files in use, so caches follow retraining."""
     h = hashlib.sha256()
-    folder = folder or weights.default_folder()
     for net in weights.FILES:
-        for path in ([Path(folder) / f"{net}.ckpt", Path(folder) / f"{net}.pt"] if folder
-                     else [weights.WEIGHTS_DIR / f"{net}.pt"]):
-            if path.is_file():
-                h.update(net.encode() + path.read_bytes())
-                break
+        path = weights.weight_file(net, folder)
+        if path is not None:
+            h.update(net.encode() + path.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -55,8 +51,7 @@ class TestScores:
 
     def predictions(self, name: str) -> np.ndarray:
         if name.startswith("triple@"):
-            theta = float(name.split("@", 1)[1])
-            return nets.verdict(torch.as_tensor(self.triple), theta).numpy()
+            return nets.verdict_array(self.triple, float(name.split("@", 1)[1]))
         return self.direct[name].argmax(1)
 
     def table(self, thetas=attack.PAPER_THETAS) -> dict[str, float]:
@@ -65,10 +60,9 @@ class TestScores:
 
     def curve(self, thetas: np.ndarray) -> dict[str, np.ndarray]:
         """Error against Θ, split into missed objects (said None) and wrong or invented objects."""
-        scores = torch.as_tensor(self.triple)
         error, missed, wrong = [], [], []
         for theta in thetas:
-            predicted = nets.verdict(scores, float(theta)).numpy()
+            predicted = nets.verdict_array(self.triple, float(theta))
             bad = predicted != self.label
             error.append(bad.mean())
             missed.append((bad & (predicted == data.NONE)).mean())
@@ -83,12 +77,9 @@ def test_scores(n_per_class: int = 1000, *, seed: int = 0, folder: str | None = 
     if n_per_class < 1:
         raise ConfigError("The test set needs at least one image per class.")
     path = scores_path(n_per_class, seed, folder)
-    if use_cache:
-        for found in (path, cache_dir() / path.name):
-            if found.is_file():
-                with np.load(found) as stored:
-                    return TestScores(stored["label"], {k: stored[k] for k in weights.CONTENDERS[:3]},
-                                      stored["triple"])
+    if use_cache and path.is_file():
+        with np.load(path) as stored:
+            return TestScores(stored["label"], {k: stored[k] for k in weights.CONTENDERS[:3]}, stored["triple"])
     models = weights.contenders(folder)
     total = n_per_class * len(data.CLASSES)
     labels, direct, triple = [], {k: [] for k in weights.CONTENDERS[:3]}, []
@@ -186,13 +177,6 @@ def sweep(kind: str, n: int, *, seed: int = 0, thetas=attack.PAPER_THETAS, max_s
 
 
 SWEEP_FILES = {kind: weights.ASSETS / f"sweep-{kind}.json" for kind in attack.KINDS}
-
-
-def load_shipped_sweep(kind: str) -> dict | None:
-    path = SWEEP_FILES.get(kind)
-    if path is None or not path.is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def save_sweep(result: Sweep, json_path: Path) -> Path:

@@ -67,10 +67,6 @@ class Direct(AlexNetSmall):
         if with_params:  # Direct classification + parameter estimation: fc8_params beside fc8
             heads["angles"] = 3
         super().__init__(1, heads)
-        self.with_params = with_params
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)["logits"]
 
 
 class Estimator(AlexNetSmall):
@@ -179,3 +175,12 @@ def verdict(scores: torch.Tensor, theta: float) -> torch.Tensor:
     """§2.1's decision rule: the highest-scoring class if its score exceeds Θ, else None (3)."""
     best, index = scores.max(1)
     return torch.where(best > theta, index, torch.full_like(index, data.NONE))
+
+
+def verdict_array(scores, theta: float):
+    """:func:`verdict` for a numpy array of scores, (B, 3) or one row (3,): the same rule, one place."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float32)
+    said = verdict(torch.from_numpy(scores.reshape(-1, scores.shape[-1])), theta).numpy()
+    return said if scores.ndim > 1 else int(said[0])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .. import io
 from ..errors import ConfigError
+from ..images import quantize
 from ..progress import Progress, report
 from . import data, nets, weights
 
@@ -148,7 +149,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, epsilon: f
         grad, = torch.autograd.grad(loss, delta)
         delta = (delta.detach() + step * grad.sign()).clamp(-epsilon, epsilon)
     model.train(was_training)
-    return data.quantise(x + delta)
+    return quantize(x + delta)
 
 
 def comparator_pairs(batch: data.Batch, step: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,7 +312,3 @@ def _truncate_log(path: Path, step: int) -> None:
 def read_log(path: Path) -> list[dict]:
     with Path(path).open(newline="") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
-
-
-def with_steps(settings: TrainSettings, steps: int | None) -> TrainSettings:
-    return settings if steps is None else replace(settings, steps=int(steps))

@@ -35,17 +35,23 @@ def default_folder() -> str | None:
     return os.environ.get("GLASSBOX_MINDS_EYE_WEIGHTS") or None
 
 
-def load_state(net: str, folder: str | Path | None = None) -> dict:
-    """A float32 state dict for ``net`` from ``folder`` (a checkpoint or an export) or the shipped weights."""
+def weight_file(net: str, folder: str | Path | None = None) -> Path | None:
+    """The file ``net``'s weights come from: in ``folder`` (or ``$GLASSBOX_MINDS_EYE_WEIGHTS``) a training
+    checkpoint ``<net>.ckpt`` or an export ``<net>.pt``, else the shipped ``<net>.pt``; None if missing."""
     folder = folder or default_folder()
     candidates = [Path(folder) / f"{net}.ckpt", Path(folder) / f"{net}.pt"] if folder else [WEIGHTS_DIR / f"{net}.pt"]
-    for path in candidates:
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state)
-            return {key: value.float() for key, value in state.items()}
-    where = folder or WEIGHTS_DIR
-    raise ModelError(f"No weights for the '{net}' network in {where}: {how_to_train(net)}.")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def load_state(net: str, folder: str | Path | None = None) -> dict:
+    """A float32 state dict for ``net`` from ``folder`` (a checkpoint or an export) or the shipped weights."""
+    path = weight_file(net, folder)
+    if path is None:
+        raise ModelError(f"No weights for the '{net}' network in {folder or default_folder() or WEIGHTS_DIR}: "
+                         f"{how_to_train(net)}.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    return {key: value.float() for key, value in state.items()}
 
 
 def export(folder: str | Path, dest: str | Path = WEIGHTS_DIR, names=FILES) -> list[Path]:
@@ -87,18 +93,6 @@ def _contenders(folder: str) -> dict[str, torch.nn.Module]:
         "triple": nets.TripleStaged(_net("estimator", folder), _net("projector", folder),
                                     _net("comparator", folder)).eval(),
     }
-
-
-def available(folder: str | None = None) -> list[str]:
-    """The networks whose weights are present (the page says which are missing)."""
-    found = []
-    for net in FILES:
-        try:
-            load_state(net, folder)
-        except ModelError:
-            continue
-        found.append(net)
-    return found
 
 
 def forget() -> None:
