@@ -82,8 +82,14 @@ def test_saliency_page_runs_gradcam_and_occlusion(server):
         with page.expect_download() as png:
             page.get_by_role("button", name="Overlay (PNG)").first.click()
         assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # A download reruns the page: let that rerun finish, and open the popover again if it closed,
+        # before the next click (clicking during the rerun could hit a button being replaced).
+        wait_for_app(page)
+        manifest_button = page.get_by_role("button", name="Manifest (JSON)").first
+        if not manifest_button.is_visible():
+            page.get_by_role("button", name="Files").first.click()
         with page.expect_download() as manifest:
-            page.get_by_role("button", name="Manifest (JSON)").first.click()
+            manifest_button.click()
         record = json.loads(Path(manifest.value.path()).read_text())
         assert record["glassbox"] == "saliency" and record["method"] == "gradcam", record
         page.keyboard.press("Escape")
