@@ -45,6 +45,10 @@ PAGES: tuple[PageEntry, ...] = (
               "What Glassbox is and what each demo shows.", default=True),
     PageEntry("app_pages/classify.py", "Classify", ":material/bar_chart:", "classify",
               "The chosen image as the model sees it, with its five most likely ImageNet classes."),
+    PageEntry("app_pages/anatomy.py", "Anatomy", ":material/biotech:", "anatomy",
+              "What has a trained network learned? Its first-layer filters, a layer's activations, the patches of many "
+              "images that excite a unit most (and a tour from edges to parts), nearest neighbours and a t-SNE map of "
+              "its last features, and a unit projected back to the pixels (deconvnet)."),
     PageEntry("app_pages/relabel.py", "Relabel", ":material/swap_horiz:", "relabel",
               "Make the photo take any ImageNet label while it looks unchanged (Robinson & Graham 2015), "
               "with FGSM, PGD and least-likely attacks, and the checks that show where it stops working."),
@@ -274,6 +278,11 @@ def _load_checkpoint(weights, arch, names, mean, std) -> None:
 
 def _sidebar_image() -> tuple[str, bytes, str]:
     samples = images.list_samples()
+    if "_next_image" in st.session_state:  # set by a page (a click on an image of a set): it acts as an upload
+        name, data = st.session_state.pop("_next_image")
+        st.session_state["upload"] = (name, data, images.image_digest(data))
+        st.session_state["image_source"] = "upload"
+        st.session_state.pop("_upload_error", None)
     if "_next_sample" in st.session_state:  # set by a page preset after the picker was drawn
         st.session_state["sample"] = st.session_state.pop("_next_sample")
         st.session_state["image_source"] = "sample"
@@ -305,7 +314,7 @@ def _sidebar_image() -> tuple[str, bytes, str]:
     if st.session_state.get("image_source") == "upload" and "upload" in st.session_state:
         name, data, digest = st.session_state["upload"]
         set_url_value("image", f"upload-{digest[:8]}")
-        st.caption(f"Showing your upload **{name}**.")
+        st.caption(f"Showing **{name}**.")
         st.button("Back to the sample", on_click=_use_sample, key="back_to_sample")
     else:
         name = st.session_state["sample"]
@@ -313,6 +322,12 @@ def _sidebar_image() -> tuple[str, bytes, str]:
         digest = images.image_digest(data)
         set_url_value("image", name)
     return name, data, digest
+
+
+def use_image(name: str, data: bytes) -> None:
+    """Make ``data`` (encoded image bytes) the current image of every page, as an upload would, and rerun."""
+    st.session_state["_next_image"] = (name, data)
+    st.rerun()
 
 
 def _use_sample() -> None:

@@ -8,6 +8,7 @@
     python -m engine dissect --model M --layer L --concepts bundled|PATH [--n 2000] --out DIR
     python -m engine patterns train --classes goldfish zebra --steps N [--size 128] --out DIR [--resume]
     python -m engine minds-eye train|export|evaluate|attack|render ...   (see engine/minds_eye/cli.py)
+    python -m engine anatomy filters|activations|patches|tour|neighbours|embed|back|features ... (engine/anatomy_cli.py)
     python -m engine methods [--json]     # the saliency and attack registries: the KEYs above
     python -m engine models
 
@@ -228,30 +229,38 @@ def parse_weights(text: str) -> tuple[float, float, float, float]:
 
 
 def cmd_dissect(args: argparse.Namespace) -> int:
-    from . import concepts, dissection, io
+    """Under ``torchrun`` the set is sharded across ranks and merged exactly (engine.distributed);
+    rank 0 writes the files."""
+    from . import concepts, distributed, dissection, io
     from .jobs import tqdm_progress
 
-    handle = models.load_model(args.model)
-    with tqdm_progress("concepts") as progress:
-        if args.concepts == "bundled":
-            data = concepts.bundled_concepts(args.n, size=args.size, mask_size=args.size // 2, progress=progress)
-        else:
-            data = concepts.open_concepts(args.concepts, size=args.size, progress=progress)
-    config = dissection.DissectionConfig(quantile=args.quantile, iou_threshold=args.iou,
-                                         max_images=args.n if args.concepts != "bundled" else None)
-    with tqdm_progress("dissect") as progress:
-        result = dissection.dissect(handle, data, args.layer, config, progress=progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"dissection_{handle.name}_{result.layer}".replace("/", "_")
-    io.write_text_atomic(out / f"{stem}.csv", result.csv())
-    io.write_text_atomic(out / f"{stem}.html", dissection.html_summary(result))
-    print(result.summary())
-    for category, by_concept in sorted(result.detector_counts().items()):
-        top = ", ".join(f"{name} {n}" for name, n in sorted(by_concept.items(), key=lambda kv: -kv[1])[:6])
-        print(f"  {category}: {top}")
-    print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.html')}")
-    return 0
+    distributed.init_from_env()
+    try:
+        handle = models.load_model(args.model)
+        with tqdm_progress("concepts") as progress:
+            if args.concepts == "bundled":
+                data = concepts.bundled_concepts(args.n, size=args.size, mask_size=args.size // 2, progress=progress)
+            else:
+                data = concepts.open_concepts(args.concepts, size=args.size, progress=progress)
+        config = dissection.DissectionConfig(quantile=args.quantile, iou_threshold=args.iou,
+                                             max_images=args.n if args.concepts != "bundled" else None)
+        with tqdm_progress("dissect") as progress:
+            result = dissection.dissect(handle, data, args.layer, config, progress=progress)
+        if not distributed.is_lead():
+            return 0
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"dissection_{handle.name}_{result.layer}".replace("/", "_")
+        io.write_text_atomic(out / f"{stem}.csv", result.csv())
+        io.write_text_atomic(out / f"{stem}.html", dissection.html_summary(result))
+        print(result.summary())
+        for category, by_concept in sorted(result.detector_counts().items()):
+            top = ", ".join(f"{name} {n}" for name, n in sorted(by_concept.items(), key=lambda kv: -kv[1])[:6])
+            print(f"  {category}: {top}")
+        print(f"wrote {out / (stem + '.csv')} and {out / (stem + '.html')}")
+        return 0
+    finally:
+        distributed.shutdown()
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -343,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.add_argument("--layer", help="layer with a spatial output (default: the model's last feature map)")
     p.add_argument("--concepts", default="bundled", help="bundled, or a folder: Broden (index.csv) or images/ + masks/")
-    p.add_argument("--n", type=int, default=2000, help="images: the bundled set's size, or the first n of a folder")
+    p.add_argument("--images", "--n", dest="n", type=int, default=2000,
+                   help="images: the bundled set's size, or the first n of a folder (--images under torchrun, "
+                        "whose own options swallow --n)")
     p.add_argument("--size", type=int, default=224, help="image size of the bundled set (masks at half)")
     p.add_argument("--quantile", type=float, default=0.005, help="top quantile that lights a unit (default 0.005)")
     p.add_argument("--iou", type=float, default=0.04, help="IoU above which a unit is a detector (default 0.04)")
@@ -355,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .minds_eye.cli import add_parser as add_minds_eye_parser
 
     add_minds_eye_parser(commands)
+    from .anatomy_cli import add_parser as add_anatomy_parser
+
+    add_anatomy_parser(commands)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     p = commands.add_parser("methods", help="the saliency methods and attacks, with their settings (from the registries)")

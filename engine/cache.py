@@ -422,3 +422,139 @@ def minds_eye_live_attack(nets: dict, attacked: str, image: np.ndarray, target: 
     x = torch.as_tensor(np.asarray(image), dtype=torch.float32)[None, None] / 255.0
     return attack.live_attack(contenders, attacked, x, int(target), max_steps=int(max_steps),
                               snapshot_every=int(snapshot_every), progress=progress, observer=observer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomy (the lecture's "What has been learned by ConvNets?")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Opening the image set…")
+def image_set(spec: str, size: int):
+    """An image set opened once per process from its ``spec`` (:func:`engine.imagesets.open_set`):
+    ``"bundled"``, ``"concepts"``, ``"zip:<digest>"`` (a ZIP already unpacked by
+    :func:`zip_image_set`) or a folder; the pictures are fitted to ``size``."""
+    from . import imagesets
+
+    return imagesets.open_set(spec, size=size)
+
+
+def zip_image_set(data: bytes, filename: str) -> str:
+    """Unpack and check an uploaded ZIP once (kept on disk by its digest); the spec that reopens it."""
+    return _zip_spec(images.image_digest(data), data, filename)
+
+
+@st.cache_data(show_spinner="Reading the ZIP…", max_entries=16)
+def _zip_spec(digest: str, _data: bytes, filename: str) -> str:
+    from . import imagesets
+
+    return imagesets.zip_set(_data, filename).key
+
+
+def run_set_features(handle: models.ModelHandle, spec: str, size: int, layers: tuple[str, ...], progress=None) -> dict:
+    """The features job: every layer's :class:`engine.imagesets.SetFeatures` over the set, in one pass
+    (each cached on disk, so a second visit only reads them)."""
+    from . import imagesets
+
+    return imagesets.set_features_many(handle, imagesets.open_set(spec, size=size), list(layers), progress=progress)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def first_layer_filters(model_name: str):
+    from . import anatomy
+
+    return anatomy.first_layer_filters(get_handle(model_name))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def image_activations(model_name: str, digest: str, _data: bytes, layer: str):
+    from . import anatomy
+
+    handle = get_handle(model_name)
+    x = images.to_tensor(model_view(model_name, digest, _data), device=handle.device)
+    return anatomy.image_activations(handle, x, layer)
+
+
+@st.cache_data(show_spinner="Projecting back to the pixels…", max_entries=64)
+def projection(model_name: str, digest: str, _data: bytes, layer: str, unit: int, method: str):
+    from . import anatomy
+
+    handle = get_handle(model_name)
+    x = images.to_tensor(model_view(model_name, digest, _data), device=handle.device)
+    return anatomy.project_back(handle, x, layer, unit, method)
+
+
+@st.cache_data(show_spinner="Cutting the patches…", max_entries=64)
+def top_patches(model_name: str, spec: str, set_key: str, layer: str, unit: int, k: int, _features):
+    """``set_key`` (the set's content key) and the layer name the features; they are not hashed."""
+    from . import anatomy
+
+    handle = get_handle(model_name)
+    return anatomy.top_patches(handle, image_set(spec, handle.input_size), _features, unit, k=k)
+
+
+@st.cache_data(show_spinner="Choosing the tour's units…", max_entries=16)
+def tour(model_name: str, spec: str, set_key: str, layers: tuple[str, ...], k: int, _features_by_layer: dict):
+    from . import anatomy
+
+    handle = get_handle(model_name)
+    return anatomy.tour(handle, image_set(spec, handle.input_size), _features_by_layer, k=k)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def image_vector(model_name: str, digest: str, _data: bytes) -> np.ndarray:
+    """The current image's penultimate features (the same function that computes the set's)."""
+    from . import imagesets
+
+    handle = get_handle(model_name)
+    return imagesets.image_features(handle, model_view(model_name, digest, _data))
+
+
+@st.cache_resource(max_entries=8)
+def neighbour_indexes(model_name: str, set_key: str, _features, spec: str, size: int):
+    """Pre-normalised feature and pixel indexes of a set (built once, then each query is one product)."""
+    from . import anatomy, imagesets
+
+    pixels = imagesets.pixel_vectors(image_set(spec, size))
+    return anatomy.NeighbourIndex(_features.values, metric="cosine"), anatomy.NeighbourIndex(pixels, metric="euclidean")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def neighbours(model_name: str, digest: str, _data: bytes, spec: str, set_key: str, k: int, _features):
+    from . import anatomy
+
+    handle = get_handle(model_name)
+    by_features, by_pixels = neighbour_indexes(model_name, set_key, _features, spec, handle.input_size)
+    query_pixels = anatomy.pixel_vector(model_view(model_name, digest, _data))
+    return anatomy.neighbours_from(by_features, by_pixels, image_vector(model_name, digest, _data), query_pixels, k)
+
+
+@st.cache_data(show_spinner="Embedding…", max_entries=16)
+def embedding(model_name: str, set_key: str, method: str, _features):
+    from . import anatomy
+
+    return anatomy.embed(_features.values, method=method)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def set_thumbnail(spec: str, set_key: str, index: int, size: int) -> np.ndarray:
+    return image_set(spec, size).image(index)
+
+
+@st.cache_data(show_spinner="Drawing thumbnails…", max_entries=8)
+def set_thumbnails(spec: str, set_key: str, size: int, side: int) -> list[str]:
+    """Every image of the set (opened at ``size``) as a ``side`` px PNG data URI, for the embedding."""
+    import base64
+
+    from PIL import Image
+
+    imageset = image_set(spec, size)
+    uris = []
+    for index in range(len(imageset)):
+        small = np.asarray(Image.fromarray(imageset.image(index)).resize((side, side), Image.BILINEAR))
+        uris.append("data:image/png;base64," + base64.b64encode(images.to_png_bytes(small)).decode())
+    return uris
+
+
+def set_image_png(spec: str, size: int, index: int) -> bytes:
+    """One image of the set (as the set holds it, at ``size``) as PNG bytes, to become the current image."""
+    return images.to_png_bytes(image_set(spec, size).image(index))

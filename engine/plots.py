@@ -241,3 +241,123 @@ def unit_overlay(image: np.ndarray, activation: np.ndarray, threshold: float) ->
     edge = lit & ~(np.roll(lit, 1, 0) & np.roll(lit, -1, 0) & np.roll(lit, 1, 1) & np.roll(lit, -1, 1))
     out[edge] = (255, 214, 0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Anatomy
+
+
+def enlarge(picture: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement (crisp pixels for small filters and patches)."""
+    factor = max(1, int(factor))
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
+
+
+def tile(pictures: list[np.ndarray], columns: int, *, gap: int = 2, background: int = 255) -> np.ndarray:
+    """Equal-sized H x W x 3 uint8 pictures in a grid with ``gap`` pixels between them."""
+    rows = -(-len(pictures) // columns)
+    h, w = pictures[0].shape[:2]
+    grid = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), background, np.uint8)
+    for i, picture in enumerate(pictures):
+        r, c = divmod(i, columns)
+        grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = picture
+    return grid
+
+
+def scaled_map(values: np.ndarray, scale: str = "Viridis") -> np.ndarray:
+    """A map drawn in a colour scale over its own range (H x W x 3 uint8)."""
+    low, high = float(values.min()), float(values.max())
+    level = np.zeros(values.shape, np.uint8) if high <= low else np.round(255 * (values - low) / (high - low))
+    return colour_table(scale)[level.astype(np.uint8)]
+
+
+def channel_grid(maps: np.ndarray, channels: list[int], strength: np.ndarray, *, tile_px: int = 48) -> go.Figure:
+    """A layer's channels as one image grid with a clickable point at each tile's centre (plotly selects
+    points, not image pixels): ``customdata`` carries the channel."""
+    from PIL import Image
+
+    columns = min(8, len(channels))
+    tiles = [np.asarray(Image.fromarray(scaled_map(m)).resize((tile_px, tile_px), Image.NEAREST)) for m in maps]
+    gap = 3
+    grid = tile(tiles, columns, gap=gap)
+    rows = -(-len(tiles) // columns)
+    xs = [(i % columns) * (tile_px + gap) + tile_px / 2 for i in range(len(tiles))]
+    ys = [(i // columns) * (tile_px + gap) + tile_px / 2 for i in range(len(tiles))]
+    figure = go.Figure(go.Image(z=grid, hoverinfo="skip"))
+    figure.add_trace(go.Scatter(
+        x=xs, y=ys, mode="markers+text", marker=dict(size=tile_px * 0.9, symbol="square", opacity=0.01,
+                                                     color="white"),
+        text=[str(c) for c in channels], textposition="top left", textfont=dict(size=10, color="white"),
+        customdata=[[c, float(s)] for c, s in zip(channels, strength)],
+        hovertemplate="channel %{customdata[0]}<br>max %{customdata[1]:.3g}<extra></extra>"))
+    figure.update_layout(height=rows * (tile_px + gap) * 1.6 + 40, margin=dict(l=0, r=0, t=10, b=0),
+                         showlegend=False, clickmode="event+select", dragmode=False)
+    figure.update_xaxes(visible=False, range=[-2, columns * (tile_px + gap)])
+    figure.update_yaxes(visible=False, range=[rows * (tile_px + gap), -2], scaleanchor="x")
+    return figure
+
+
+def activation_overlay(image: np.ndarray, activation: np.ndarray, *, opacity: float = 0.6) -> np.ndarray:
+    """One channel upsampled over the image (bilinear), coloured where it is strong."""
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(activation, dtype=np.float32))
+                     .resize(image.shape[1::-1], Image.BILINEAR))
+    high = float(big.max())
+    level = np.clip(big / high, 0, 1) if high > 0 else np.zeros_like(big)
+    return overlay_rgb(image, level, zmin=0.0, zmax=1.0, opacity=opacity, scale=UNSIGNED_SCALE)
+
+
+def mark_box(image: np.ndarray, box, colour=(255, 214, 0), width: int = 2) -> np.ndarray:
+    """The image with a rectangle (top, left, bottom, right; bottom/right exclusive) drawn on it."""
+    out = image.copy()
+    top, left, bottom, right = (int(v) for v in box)
+    bottom, right = max(bottom - 1, top), max(right - 1, left)
+    out[top:top + width, left:right + 1] = colour
+    out[max(bottom - width + 1, top):bottom + 1, left:right + 1] = colour
+    out[top:bottom + 1, left:left + width] = colour
+    out[top:bottom + 1, max(right - width + 1, left):right + 1] = colour
+    return out
+
+
+def embedding_figure(points: np.ndarray, labels: list[str], predicted: list[str], confidence: np.ndarray, *,
+                     thumbnails: list[str] | None = None, title: str = "") -> go.Figure:
+    """A 2-D embedding: a point per image coloured by predicted class (one legend entry per class, the
+    most frequent first), hover text with the file and the class, optional thumbnails drawn at the
+    points; ``customdata[0]`` is the image's index in the set."""
+    palette = ["#3b6fd6", "#e4572e", "#17bebb", "#ffc914", "#76b041", "#8e44ad", "#f28482", "#2e4057",
+               "#c17c74", "#48a9a6", "#d4b483", "#4c956c"]
+    order = sorted(set(predicted), key=lambda name: (-predicted.count(name), name))
+    figure = go.Figure()
+    for rank, name in enumerate(order):
+        members = [i for i, p in enumerate(predicted) if p == name]
+        colour = palette[rank] if rank < len(palette) else "#999999"
+        figure.add_trace(go.Scatter(
+            x=points[members, 0], y=points[members, 1], mode="markers", name=name if rank < 12 else "other",
+            legendgroup=name if rank < 12 else "other", showlegend=rank <= 12,
+            marker=dict(size=9 if thumbnails is None else 6, color=colour, line=dict(width=0.5, color="white")),
+            customdata=[[i, labels[i], float(confidence[i])] for i in members],
+            hovertemplate="%{customdata[1]}<br>" + name.replace("%", "%%") +
+                          " (%{customdata[2]:.0%})<extra></extra>"))
+    if thumbnails is not None and len(points):
+        span = float(max(np.ptp(points[:, 0]), np.ptp(points[:, 1]), 1e-6))
+        side = span / max(8.0, np.sqrt(len(points)) * 2.2)
+        figure.update_layout(images=[dict(source=uri, x=float(x), y=float(y), xref="x", yref="y", sizex=side,
+                                          sizey=side, xanchor="center", yanchor="middle", layer="below")
+                                     for uri, (x, y) in zip(thumbnails, points)])
+    figure.update_layout(title=dict(text=title, font=dict(size=15)), height=620, plot_bgcolor="white",
+                         margin=dict(l=10, r=10, t=50, b=10), clickmode="event+select",
+                         legend=dict(title="predicted class", itemsizing="constant"))
+    figure.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    figure.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x")
+    return figure
+
+
+def signed_picture(values: np.ndarray, *, percentile: float = 99.5) -> np.ndarray:
+    """A signed (H, W, 3) projection as a picture: 0 is mid-grey and the ``percentile`` of |v| reaches full
+    contrast (the few largest values clip), so a handful of extreme pixels do not leave the rest grey."""
+    magnitude = np.abs(values)
+    peak = float(np.percentile(magnitude, percentile)) if values.size else 0.0
+    peak = peak if peak > 0 else float(magnitude.max(initial=0.0))
+    scaled = np.clip(values / peak, -1, 1) if peak > 0 else np.zeros_like(values)
+    return np.rint(128.0 + 127.0 * scaled).astype(np.uint8)

@@ -12,7 +12,7 @@ from tests.browser import chromium_page, click_and_wait, reload_mid_run, screens
 
 pytestmark = pytest.mark.browser
 
-NAV = ["Home", "Classify", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye"]
+NAV = ["Home", "Classify", "Anatomy", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye"]
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +231,65 @@ def test_minds_eye_page_explorer_table_and_effort(server):
         assert page.get_by_text("The shipped sweep (Fig. 4)").count()
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "minds-eye-effort")
+
+
+def test_anatomy_page_views(server, tmp_path):
+    import zipfile
+
+    with chromium_page() as page:
+        page.goto(f"{server}/anatomy?view=filters")
+        wait_for_app(page, "First layer:")
+        assert sidebar_nav_labels(page) == NAV
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "anatomy-filters")
+
+        page.goto(f"{server}/anatomy?view=activations")
+        wait_for_app(page, "Strongest activation")
+        first = page.get_by_text("over chelsea (bright = strong)").first.inner_text()
+        page.locator(".js-plotly-plot .scatterlayer .point").nth(5).click(force=True)  # a tile of the grid
+        page.wait_for_function("(before) => !document.body.innerText.includes(before)", arg=first, timeout=60_000)
+        wait_for_app(page, "over chelsea (bright = strong)")
+        screenshot(page, "anatomy-activations")
+
+        page.goto(f"{server}/anatomy?view=patches&set=bundled")
+        wait_for_app(page, "Image set:")
+        assert page.get_by_text("20 photos").count()  # the set's size, on screen
+        click_and_wait(page, "Find top patches", "receptive field at its peak", timeout_ms=240_000)
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "anatomy-patches")
+
+        page.goto(f"{server}/anatomy?view=neighbours&set=bundled")
+        wait_for_app(page, "Image set:")
+        click_and_wait(page, "Find neighbours", "By raw pixels", timeout_ms=240_000)
+        screenshot(page, "anatomy-neighbours")
+
+        page.goto(f"{server}/anatomy?view=tour&set=bundled")
+        wait_for_app(page, "Image set:")
+        click_and_wait(page, "Take the tour", "receptive field grows", timeout_ms=300_000)
+        screenshot(page, "anatomy-tour")
+
+        page.goto(f"{server}/anatomy?view=back")
+        wait_for_app(page, "Deconvnet (Zeiler & Fergus)")
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "anatomy-back")
+
+        archive = tmp_path / "my photos.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for name in ("coffee", "rocket", "astronaut", "chelsea", "motorcycle", "camera"):
+                if name in images.list_samples():
+                    zipped.writestr(f"photos/{name}.png", images.sample_bytes(name))
+            zipped.writestr("photos/notes.txt", "not an image")
+        page.goto(f"{server}/anatomy?view=embedding&set=zip&method=pca")
+        wait_for_app(page, "ZIP of images")
+        page.locator('[data-testid="stFileUploader"]').filter(has_text="ZIP of images").locator(
+            'input[type="file"]').set_input_files(str(archive))
+        wait_for_app(page, "from my photos.zip")
+        assert page.get_by_text("1 file skipped").count()
+        click_and_wait(page, "Embed", "click a point", timeout_ms=240_000)
+        screenshot(page, "anatomy-embedding")
+        page.locator(".js-plotly-plot .scatterlayer .point").first.click(force=True)
+        page.locator('[data-testid="stSidebar"]').get_by_text("Showing").first.wait_for(timeout=60_000)
+        wait_for_app(page)
+        assert "photos/" in page.locator('[data-testid="stSidebar"]').inner_text()  # the member is now the image
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "anatomy-embedding-clicked")

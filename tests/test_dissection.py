@@ -231,3 +231,49 @@ def test_a_planted_red_unit_is_found(tmp_path):
     assert result.best_concept[0] == red and result.iou[0, red] >= 0.9, result.iou[0, red]
     assert result.best_concept[1] == green and result.iou[1, green] >= 0.9
     assert result.iou[0, green] < 0.05 and result.detectors[0] and result.detectors[1]
+
+
+def brute_force_tally(maps: torch.Tensor, thresholds: np.ndarray, samples, size: int, categories: list[str],
+                      concepts: int) -> dissection.Tally:
+    """Every (image, unit) map upsampled by F.interpolate on its own, thresholded, counted pixel by pixel."""
+    sums = dissection.Tally.empty(maps.shape[1], concepts, len(categories))
+    for index, sample in enumerate(samples):
+        for concept, mask in zip(sample.concept_ids, sample.masks):
+            sums.label_area[concept] += mask.sum()
+        for unit in range(maps.shape[1]):
+            up = F.interpolate(maps[index, unit][None, None], size=(size, size), mode="bilinear", align_corners=False)
+            lit = (up[0, 0] > float(thresholds[unit])).numpy()
+            for concept, mask in zip(sample.concept_ids, sample.masks):
+                sums.intersections[unit, concept] += np.logical_and(lit, mask).sum()
+            for category in sample.categories:
+                sums.unit_area[unit, categories.index(category)] += lit.sum()
+    return sums
+
+
+@pytest.mark.parametrize("side,size", [(7, 112), (14, 112), (28, 112), (56, 112), (112, 112), (32, 48), (5, 17),
+                                       (3, 12), (12, 7), (2, 64)])
+def test_fast_tally_equals_upsampling_every_map(side, size):
+    """The cell-wise tally (no upsampling) gives exactly the pixel counts of F.interpolate > threshold,
+    at power-of-2 and other scales, with plateaus and thresholds equal to map values (ties)."""
+    rng = np.random.default_rng(side * 1000 + size)
+    images, units = 7, 6
+    maps = rng.standard_normal((images, units, side, side)).astype(np.float32)
+    maps[:, 1] = np.round(maps[:, 1] * 2) / 2  # plateaus: equal corners, values equal to the threshold
+    maps[:, 2] *= 1e-3
+    maps[:, 3] = np.abs(maps[:, 3])  # ties at zero
+    maps[:, 3][maps[:, 3] < 1] = 0
+    thresholds = np.quantile(maps.transpose(1, 0, 2, 3).reshape(units, -1), 0.9, axis=1).astype(np.float32)
+    thresholds[1] = 0.5
+    thresholds[3] = 0.0
+    concepts = FakeConcepts(images, size=8, mask_size=size, seed=side, partial=True)
+    samples = concepts.samples
+    store = dissection.ActivationStore(maps.shape)
+    store.append(maps[:4])
+    store.append(maps[4:])
+    fast = dissection.tally(store, concepts, thresholds, count=images, batch_size=4)
+    categories, _ = dissection.category_table(concepts)
+    slow = brute_force_tally(torch.from_numpy(maps), thresholds, samples, size, categories, len(concepts.concepts))
+    assert fast.unit_area.sum() > 0
+    np.testing.assert_array_equal(fast.intersections, slow.intersections)
+    np.testing.assert_array_equal(fast.unit_area, slow.unit_area)
+    np.testing.assert_array_equal(fast.label_area, slow.label_area)
