@@ -159,14 +159,21 @@ def open_set(handle: ModelHandle, choice: SetChoice):
     return imageset
 
 
-def features_job(handle: ModelHandle, choice: SetChoice, imageset, layers: tuple[str, ...], *, action: str,
-                 idle: str) -> dict | None:
-    """Each layer's features over the set: found cached or computed once as a job."""
+def features_job(handle: ModelHandle, choice: SetChoice, imageset, layers: tuple[str, ...], *,
+                 action: str) -> dict | None:
+    """Each layer's features over the set: read from disk when every layer is cached there, else
+    computed once as a job (started by the ``action`` button)."""
+    stored = cache.stored_set_features(handle.name, choice.spec, imageset.key, handle.input_size, layers)
+    if stored is not None:
+        return stored
     key = "|".join(["anatomy-features", handle.name, imageset.key, *layers])
     if st.button(action, type="primary", key=f"an_run_{'_'.join(layers)}"):
         start_job(key, cache.run_set_features, handle, choice.spec, handle.input_size, layers,
                   title=f"Features of {len(imageset)} images")
-    status = show_job(key, idle=idle, cancelled="Cancelled. Press the button to start again.")
+    status = show_job(key, idle=f"Press **{action}**: the set's {len(imageset)} images go through the model once "
+                                f"({len(layers)} layer{'s' if len(layers) > 1 else ''}); the features are kept on "
+                                "disk, so the next visit opens at once.",
+                      cancelled=f"Cancelled. Press **{action}** to start again.")
     return None if status is None else status.result
 
 
@@ -274,8 +281,7 @@ def patches_view(handle: ModelHandle, selection: Selection, choice: SetChoice, i
     layer = layer_control(handle, left)
     k = url_widget(right.number_input, "Patches", key="an_k", param="k", default=min(9, len(imageset)), parse=int,
                    min_value=1, max_value=64)
-    found = features_job(handle, choice, imageset, (layer,), action="Find top patches",
-                         idle="Press **Find top patches**: the set goes through the model once (cached on disk).")
+    found = features_job(handle, choice, imageset, (layer,), action="Find top patches")
     if found is None:
         return
     features = found[layer]
@@ -306,9 +312,7 @@ def tour_view(handle: ModelHandle, selection: Selection, choice: SetChoice, imag
     layers = tuple(anatomy.tour_layers(handle))
     k = url_widget(st.number_input, "Patches per stop", key="an_tour_k", param="k", default=min(6, len(imageset)),
                    parse=int, min_value=1, max_value=12)
-    found = features_job(handle, choice, imageset, layers, action="Take the tour",
-                         idle=f"Press **Take the tour**: the set goes through the model once for {len(layers)} "
-                              "layers (cached on disk).")
+    found = features_job(handle, choice, imageset, layers, action="Take the tour")
     if found is None:
         return
     try:
@@ -327,8 +331,7 @@ def tour_view(handle: ModelHandle, selection: Selection, choice: SetChoice, imag
 def neighbours_view(handle: ModelHandle, selection: Selection, choice: SetChoice, imageset) -> None:
     k = url_widget(st.number_input, "Neighbours", key="an_nk", param="k", default=min(6, len(imageset)), parse=int,
                    min_value=1, max_value=32)
-    found = features_job(handle, choice, imageset, (PENULTIMATE,), action="Find neighbours",
-                         idle="Press **Find neighbours**: the set goes through the model once (cached on disk).")
+    found = features_job(handle, choice, imageset, (PENULTIMATE,), action="Find neighbours")
     if found is None:
         return
     try:
@@ -366,8 +369,7 @@ def embedding_view(handle: ModelHandle, selection: Selection, choice: SetChoice,
                         options=["tsne", "pca"], format_func={"tsne": "t-SNE", "pca": "PCA"}.get, required=True)
     thumbs = url_widget(right.toggle, "Thumbnails at the points", key="an_thumbs", param="thumbs",
                         default=len(imageset) <= 300, parse=lambda s: s == "1", dump=lambda v: "1" if v else "0")
-    found = features_job(handle, choice, imageset, (PENULTIMATE,), action="Embed",
-                         idle="Press **Embed**: the set goes through the model once (cached on disk).")
+    found = features_job(handle, choice, imageset, (PENULTIMATE,), action="Embed")
     if found is None:
         return
     features = found[PENULTIMATE]

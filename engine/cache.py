@@ -450,6 +450,30 @@ def _zip_spec(digest: str, _data: bytes, filename: str) -> str:
     return imagesets.zip_set(_data, filename).key
 
 
+def stored_set_features(model_name: str, spec: str, set_key: str, size: int, layers: tuple[str, ...]) -> dict | None:
+    """The layers' features when every one of them is already on disk (no forward pass), else None.
+    The files are looked for on every call (cheap), so a run that just wrote them is found."""
+    from . import imagesets
+
+    handle = get_handle(model_name)
+    imageset = image_set(spec, size)
+    paths = [imagesets.features_dir() / f"{imagesets.features_key(handle, imagesets.resolve_layer(handle, layer), imageset)}.npz"
+             for layer in layers]
+    try:
+        stamps = tuple(path.stat().st_mtime_ns for path in paths)
+    except OSError:
+        return None
+    return _stored_set_features(model_name, spec, set_key, size, layers, stamps)
+
+
+@st.cache_data(show_spinner="Reading the set's features…", max_entries=16)
+def _stored_set_features(model_name: str, spec: str, set_key: str, size: int, layers: tuple[str, ...],
+                         stamps: tuple[int, ...]) -> dict:
+    from . import imagesets
+
+    return imagesets.set_features_many(get_handle(model_name), image_set(spec, size), list(layers))
+
+
 def run_set_features(handle: models.ModelHandle, spec: str, size: int, layers: tuple[str, ...], progress=None) -> dict:
     """The features job: every layer's :class:`engine.imagesets.SetFeatures` over the set, in one pass
     (each cached on disk, so a second visit only reads them)."""

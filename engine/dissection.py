@@ -23,8 +23,14 @@ with IoU > 0.04). The stages, each its own function:
    stage 1.
 
 Speed: bilinear upsampling is a convex combination of the map's values, so a unit whose maximum in
-an image is not above its threshold cannot light a single pixel there. Only the (image, unit)
-pairs whose maximum passes the threshold -- about the top quantile's share -- are upsampled.
+an image is not above its threshold (less a few float32 ulps: ATen's rounding can lift a blend an
+ulp above its samples) cannot light a single pixel there. Only the (image, unit) pairs that can --
+about the top quantile's share -- are tallied, and those without upsampling them: each upsampled
+pixel row is linear within a cell of the map, so its lit pixels are a run whose ends follow from
+the cell's corners, counted with the masks' row prefix sums (packed several concepts to an int64;
+:func:`_cell_counts`); the rare pixel too close to the threshold to call sends its pair through
+``F.interpolate``. The counts are exactly those of upsampling every map. On the CPU stage 1 runs
+without a prefetch thread: the forward already keeps every core busy.
 Results are cached on disk per (model, layer, dataset, settings): a second visit is instant.
 """
 
@@ -35,6 +41,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -218,11 +225,32 @@ class RunningTop:
     keep: int
     values: torch.Tensor | None = None
 
-    def update(self, batch: torch.Tensor) -> None:
-        """``batch``: (images, units, h, w)."""
-        flat = batch.transpose(0, 1).reshape(batch.shape[1], -1)
-        merged = flat if self.values is None else torch.cat([self.values, flat], 1)
-        self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
+    def update(self, batch: torch.Tensor, maxima: torch.Tensor | None = None) -> None:
+        """``batch``: (images, units, h, w); ``maxima``: its (images, units) maxima, if at hand."""
+        units = batch.shape[1]
+        if self.values is None or self.values.shape[1] < self.keep:
+            flat = batch.transpose(0, 1).reshape(units, -1)
+            merged = flat if self.values is None else torch.cat([self.values, flat], 1)
+            self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
+            return
+        # Only a value above a unit's last kept one changes what it keeps (a tie leaves the same
+        # values; NaN, which topk ranks first, always goes in): find those few, in the maps whose
+        # maximum is above it, then one topk over them and the kept values.
+        last = self.values[:, -1]
+        maxima = batch.amax(dim=(2, 3)) if maxima is None else maxima
+        image, unit = torch.nonzero(~(maxima <= last), as_tuple=True)
+        if not len(unit):
+            return
+        maps = batch[image, unit].reshape(len(unit), -1)
+        pair, position = torch.nonzero(~(maps <= last[unit, None]), as_tuple=True)
+        fresh, unit = maps[pair, position], unit[pair]
+        order = torch.argsort(unit, stable=True)
+        unit, fresh = unit[order], fresh[order]
+        per_unit = torch.bincount(unit, minlength=units)
+        slot = torch.arange(len(unit)) - (torch.cumsum(per_unit, 0) - per_unit)[unit]
+        candidates = torch.full((units, int(per_unit.max())), -math.inf, dtype=self.values.dtype)
+        candidates[unit, slot] = fresh.to(self.values.dtype)
+        self.values = torch.cat([self.values, candidates], 1).topk(self.keep, dim=1).values
 
     def thresholds(self, total: int, quantile: float) -> np.ndarray:
         """The (1 - quantile) quantile of each unit's ``total`` values, as torch.quantile gives it."""
@@ -405,11 +433,15 @@ def layer_activations(handle: ModelHandle, concepts, info: LayerInfo, *, count: 
     store = ActivationStore((stop - start, info.channels, info.height, info.width), store_path)
     top = TopImages(top_k)
     largest = RunningTop(values_to_keep(count * info.height * info.width, quantile))
-    for batch in stream_forward(handle, concepts.batches(batch_size, start, stop), layers=[info.name], start=start):
+    # On the CPU the forward already keeps every core busy: a prefetch thread would only compete with it.
+    prefetch = handle.device.type != "cpu"
+    for batch in stream_forward(handle, concepts.batches(batch_size, start, stop), layers=[info.name], start=start,
+                                prefetch=prefetch):
         values = batch.outputs[info.name]
         store.append(values)
-        largest.update(values)
-        top.update(values.amax(dim=(2, 3)), batch.start)
+        maxima = values.amax(dim=(2, 3))
+        largest.update(values, maxima)
+        top.update(maxima, batch.start)
         done = batch.start + len(batch) - start
         report(progress, span[0] + (span[1] - span[0]) * done / max(stop - start, 1),
                f"activations: {done} of {stop - start} images")
@@ -481,12 +513,22 @@ def tally(store: ActivationStore, concepts, thresholds: np.ndarray, *, count: in
     size = concepts.mask_size
     done = 0
     sizes = [min(batch_size, count - first) for first in range(start, count, batch_size)]
-    for maps, (_, samples) in zip(store.batches(sizes), concepts.batches(batch_size, start, count)):
+    for maps, samples in zip(store.batches(sizes), _samples(concepts, batch_size, start, count)):
         _tally_batch(sums, maps, limits, samples, size, category_index)
         done += len(samples)
         report(progress, span[0] + (span[1] - span[0]) * done / max(count - start, 1),
                f"IoU tally: {done} of {count - start} images")
     return sums
+
+
+def _samples(concepts, batch_size: int, start: int, stop: int) -> Iterator[list]:
+    """The samples of images ``start:stop``, a batch at a time; the tally needs no pixels, so a set
+    that reads single samples (:meth:`engine.concepts.ConceptSet.sample`) is not asked to stack them."""
+    if callable(getattr(concepts, "sample", None)):
+        for first in range(start, stop, batch_size):
+            yield [concepts.sample(i) for i in range(first, min(first + batch_size, stop))]
+    else:
+        yield from (samples for _, samples in concepts.batches(batch_size, start, stop))
 
 
 def _tally_batch(sums: Tally, maps: torch.Tensor, limits: torch.Tensor, samples, size: int,
@@ -500,33 +542,42 @@ def _tally_batch(sums: Tally, maps: torch.Tensor, limits: torch.Tensor, samples,
     kmax = max([1] + [len(s.concept_ids) for s in samples])
     ids = torch.zeros(n, kmax, dtype=torch.long)
     present = torch.zeros(n, kmax, dtype=torch.bool)
-    masks = torch.zeros(n, kmax, size, size)
+    # the masks' row prefix sums, (images, y, x = 0 .. size, word): several concepts to a word (_Lanes)
+    lanes = _Lanes.of(size, kmax)
+    prefix = torch.zeros(n, size, size + 1, lanes.words * lanes.per_word, lanes.bytes, dtype=torch.uint8)
     annotated = torch.zeros(n, len(category_index), dtype=torch.float64)
     for i, sample in enumerate(samples):
         k = len(sample.concept_ids)
         if k:
+            mask = np.asarray(sample.masks, dtype=bool).reshape(k, size, size)
             concept_ids = np.asarray(sample.concept_ids, dtype=np.int64)
-            mask = torch.from_numpy(np.asarray(sample.masks).reshape(k, size, size))
             ids[i, :k] = torch.from_numpy(concept_ids)
             present[i, :k] = True
-            masks[i, :k] = mask
-            sums.label_area[concept_ids] += mask.reshape(k, -1).sum(1, dtype=torch.float64).numpy()
+            prefix[i, :, 1:, :k, lanes.low_byte] = torch.from_numpy(mask).permute(1, 2, 0)
         for category in sample.categories:
             if category in category_index:
                 annotated[i, category_index[category]] = 1
-    live = torch.nonzero(maps.amax(dim=(2, 3)) > limits)  # (pairs, 2): image, unit -- image-major
+    prefix = prefix.view(n, size, size + 1, -1).view(torch.int64).cumsum_(2)
+    areas = lanes.unpack(prefix[:, :, -1].sum(1)).double()  # (images, k): each mask's area
+    np.add.at(sums.label_area, ids[present].numpy(), areas[present].numpy())
+    # A pair can light a pixel only if its maximum passes the threshold -- up to ATen's rounding,
+    # which can lift a convex combination of equal values a few ulps above them: hence the margin.
+    rows, cols = _axis(height, size), _axis(width, size)
+    least, most = maps.amin(dim=(2, 3)), maps.amax(dim=(2, 3))
+    reach = most + torch.maximum(most.abs(), least.abs()) * _margin_factor(rows, cols)
+    live = torch.nonzero(reach > limits)  # (pairs, 2): image, unit -- image-major
     if not len(live):
         return
     image, unit = live[:, 0], live[:, 1]
     x, t = maps.reshape(-1, height, width).index_select(0, image * maps.shape[1] + unit), limits[unit]
-    rows, cols = _axis(height, size), _axis(width, size)
     if rows.copy and cols.copy or not bool(torch.isfinite(x).all()):
-        counts, area = _dense_counts(x, t, image, masks, size)
+        packed, area = _dense_counts(x, t, image, prefix)
     else:
-        counts, area, unsettled = _cell_counts(x, t, image, masks, rows, cols)
+        packed, area, unsettled = _cell_counts(x, t, image, prefix, rows, cols)
         if bool(unsettled.any()):
             which = torch.nonzero(unsettled)[:, 0]
-            counts[which], area[which] = _dense_counts(x[which], t[which], image[which], masks, size)
+            packed[which], area[which] = _dense_counts(x[which], t[which], image[which], prefix)
+    counts = lanes.unpack(packed)
     # Whole numbers in float64: the order of the additions cannot change the sums.
     concepts = sums.intersections.shape[1]
     flat = torch.from_numpy(sums.intersections).view(-1)
@@ -546,18 +597,19 @@ class _Axis:
     lam: torch.Tensor  # (outputs,) float64
     start: torch.Tensor  # (inputs,) first output pixel of each cell
     stop: torch.Tensor  # (inputs,) one past its last
-    onehot: torch.Tensor  # (inputs, outputs) float32: which cell each pixel is in
     copy: bool  # inputs == outputs: ATen copies the values
     slack: float  # bound on how far ATen's weight can be from ``lam`` (0 when the scale is a power of 2)
+    scale: float  # inputs / outputs as ATen has it (float32): src = max(0, scale (dst + 0.5) - 0.5)
 
 
 @functools.lru_cache(maxsize=32)
 def _axis(inputs: int, outputs: int) -> _Axis:
     dst = torch.arange(outputs, dtype=torch.float32)
     if inputs == outputs:
-        src, slack = dst.clone(), 0.0
+        src, slack, scale_ = dst.clone(), 0.0, 1.0
     else:
         scale = torch.tensor(inputs, dtype=torch.float32) / outputs
+        scale_ = float(scale)
         src = (scale * (dst + 0.5) - 0.5).clamp_(min=0)
         # With a power-of-2 scale every step above is exact; otherwise ATen may round (or fuse) once
         # differently: one float32 ulp of a coordinate below ``inputs``.
@@ -567,42 +619,46 @@ def _axis(inputs: int, outputs: int) -> _Axis:
     lam = (src - cell).clamp_(0, 1)
     start = torch.searchsorted(cell, torch.arange(inputs))
     stop = torch.searchsorted(cell, torch.arange(inputs), right=True)
-    onehot = (cell[None, :] == torch.arange(inputs)[:, None]).float()
-    return _Axis(src, lam, start, stop, onehot, inputs == outputs, slack)
+    return _Axis(src, lam, start, stop, inputs == outputs, slack, scale_)
 
 
-def _cell_counts(x: torch.Tensor, t: torch.Tensor, image: torch.Tensor, masks: torch.Tensor, rows: _Axis,
+def _margin_factor(rows: _Axis, cols: _Axis) -> float:
+    """How far, relative to the largest magnitude among its four samples, ATen's upsampled value may
+    lie from the exact bilinear one (a few float32 ulps: 2^-19 leaves room; more where the scale is
+    not a power of 2)."""
+    return 2.0 ** -19 + 8 * (rows.slack + cols.slack)
+
+
+def _cell_counts(x: torch.Tensor, t: torch.Tensor, image: torch.Tensor, prefix: torch.Tensor, rows: _Axis,
                  cols: _Axis) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """|L ∩ M_k| (pairs, k) and |L| (pairs,) for maps ``x`` (pairs, h, w) upsampled to the masks'
-    size and lit above ``t``, without upsampling them.
+    """|L ∩ M_k| (pairs, words: packed as :class:`_Lanes`) and |L| (pairs,) for maps ``x`` (pairs,
+    h, w) upsampled to the masks' size and lit above ``t``, without upsampling them; ``prefix``
+    (images, size, size + 1, words) holds the masks' row prefix sums, packed.
 
     Each upsampled pixel is a convex combination of the four samples around it (its cell), which
     ATen evaluates in float32 to within a few ulps of the exact value. So a cell whose four corners
-    all lie clearly below the threshold lights nothing, one whose corners all lie clearly above
-    lights all its pixels (counted with per-cell mask sums), and in the cells in between, each
-    pixel row is linear along the row: its lit pixels are one run, found by a search, counted with
-    the masks' row prefix sums. "Clearly" is a margin of 2^-19 of the corners' magnitude (about 30
-    float32 ulps; more where the scale is not a power of 2). A pair with a pixel inside the margin
-    is ``unsettled`` (rare): the caller upsamples it the usual way."""
+    all lie clearly below the threshold lights nothing; in the others, each pixel row is linear
+    along the row: a row clearly lit (or dark) end to end lights all (none) of its pixels, and
+    otherwise its lit pixels are one run, whose end follows from the row's two edge values
+    (:func:`_pixels_upto`); each run is counted with the prefix sums. The cells of one height are
+    done together, as a (cells, rows) grid. "Clearly" is a
+    margin of 2^-19 of the corners' magnitude (about 30 float32 ulps; more where the scale is not a
+    power of 2). A pair with a pixel inside the margin is ``unsettled`` (rare): the caller
+    upsamples it the usual way."""
     pairs, height, width = x.shape
-    kmax, size = masks.shape[1], masks.shape[-1]
-    margin_factor = 2.0 ** -19 + 8 * (rows.slack + cols.slack)
+    size, kmax = prefix.shape[1], prefix.shape[3]
+    margin_factor = _margin_factor(rows, cols)
     padded = F.pad(x[:, None], (0, 1, 0, 1), mode="replicate")[:, 0]  # the last cell's corners: the edge twice
-    high = F.max_pool2d(padded[:, None], 2, stride=1)[:, 0].double()
-    low = -F.max_pool2d(-padded[:, None], 2, stride=1)[:, 0].double()
+    ul, ur, ll, lr = padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:]
+    high = torch.maximum(torch.maximum(ul, ur), torch.maximum(ll, lr)).double()
+    low = torch.minimum(torch.minimum(ul, ur), torch.minimum(ll, lr)).double()
     limit = t.double().view(-1, 1, 1)
     margin = torch.maximum(high.abs(), low.abs()) * margin_factor
-    full = low - margin > limit
-    mixed = ~full & (high + margin > limit)
-    counts = torch.zeros(pairs, kmax)
+    mixed = high + margin > limit  # cells not clearly dark throughout (those lit throughout included)
+    counts = torch.zeros(pairs, kmax, dtype=prefix.dtype)
     area = torch.zeros(pairs)
     unsettled = torch.zeros(pairs, dtype=torch.bool)
-    # cells lit throughout: per-cell mask sums and areas
-    pair, cy, cx = torch.nonzero(full).unbind(1)
-    if len(pair):
-        cell_sums = (rows.onehot @ masks @ cols.onehot.t()).permute(0, 2, 3, 1)  # (images, h, w, k)
-        counts.index_add_(0, pair, cell_sums[image[pair], cy, cx])
-        area.index_add_(0, pair, ((rows.stop - rows.start)[cy] * (cols.stop - cols.start)[cx]).float())
+    flat_prefix = prefix.view(-1, kmax)
     pair, cy, cx = torch.nonzero(mixed).unbind(1)
     if not len(pair):
         return counts, area, unsettled
@@ -612,69 +668,116 @@ def _cell_counts(x: torch.Tensor, t: torch.Tensor, image: torch.Tensor, masks: t
     c, d = corners[corner + width + 1], corners[corner + width + 2]
     cell_margin = torch.maximum(torch.maximum(a.abs(), b.abs()), torch.maximum(c.abs(), d.abs())) * margin_factor
     cell_limit = t.double()[pair]
-    # every pixel row of every mixed cell, (cells, span); rows past a cell's end are dropped below
-    span = int((rows.stop - rows.start).max())
-    y = rows.start[cy][:, None] + torch.arange(span)
-    inside = y < rows.stop[cy][:, None]
-    y.clamp_(max=size - 1)
-    lam = rows.lam[y]
-    level = a[:, None] + (c - a)[:, None] * lam  # the row's value at the cell's left edge ...
-    right = b[:, None] + (d - b)[:, None] * lam  # ... and at its right edge
-    upper = torch.maximum(level, right) + cell_margin[:, None]
-    lower = torch.minimum(level, right) - cell_margin[:, None]
-    # rows clearly dark end to end drop out; rows clearly lit end to end take the whole cell width
-    keep = torch.nonzero(((upper > cell_limit[:, None]) & inside).view(-1))[:, 0]
-    owner = keep // span
-    level, right, lower, y = (v.view(-1)[keep] for v in (level, right, lower, y))
-    pair, cx, cell_margin, cell_limit = pair[owner], cx[owner], cell_margin[owner], cell_limit[owner]
-    first, last = cols.start[cx], cols.stop[cx]
-    lit_start, lit_stop = first.clone(), last.clone()
-    part = torch.nonzero(lower <= cell_limit)[:, 0]
-    if len(part):
-        level, slope, limit_, margin_, cx_, first, last = (
-            level[part], right[part] - level[part], cell_limit[part], cell_margin[part], cx[part], first[part],
-            last[part])
-        safe = torch.where(slope == 0, torch.ones_like(slope), slope)
-        offset = cx_.double()  # src = cell + lam
-        bright = (limit_ + margin_ - level) / safe + offset  # lit beyond this src (slope > 0) or before it
-        dark = (limit_ - margin_ - level) / safe + offset  # dark up to this src (slope > 0) or after it
+    # per cell: values above ``high`` are clearly lit, values up to ``low`` clearly dark; its x; its pixels
+    table = torch.stack([cell_limit + cell_margin, cell_limit - cell_margin, cx.double(), cols.start[cx].double(),
+                         cols.stop[cx].double()], 1)
+    where = torch.stack([cols.start[cx], cols.stop[cx], rows.start[cy], pair, image[pair]], 1)
+    heights = rows.stop - rows.start
+    spans = heights[cy]
+    for span in torch.unique(heights).tolist():  # the cells of each height together: whole (cells, rows) grids
+        if span == 0:
+            continue
+        group = torch.nonzero(spans == span)[:, 0] if len(heights.unique()) > 1 else None
+        g = (lambda v: v) if group is None else (lambda v: v.index_select(0, group))
+        a_, b_, c_, d_, cy_, table_, where_ = (g(v) for v in (a, b, c, d, cy, table, where))
+        ys = rows.start[:, None] + torch.arange(span)  # (h, span): each cell row's pixel rows (past the end: unused)
+        lam = rows.lam[ys.clamp(max=size - 1)].index_select(0, cy_)
+        level = a_[:, None] + (c_ - a_)[:, None] * lam  # the row's value at the cell's left edge ...
+        right = b_[:, None] + (d_ - b_)[:, None] * lam  # ... and at its right edge
+        high, low = table_[:, 0:1], table_[:, 1:2]
+        lit_all = (torch.minimum(level, right) > high).view(-1)  # rows clearly lit end to end
+        part = (torch.maximum(level, right) > low).view(-1) & ~lit_all  # the rest but the dark ones
+        whole = torch.nonzero(lit_all)[:, 0]
+        part = torch.nonzero(part)[:, 0]
+        owner = part // span
+        level = level.view(-1).index_select(0, part)
+        slope = right.view(-1).index_select(0, part) - level
+        high, low, offset, lo, hi = table_.index_select(0, owner).unbind(1)  # src = cell + lam
+        first, last, top, pair_, image_ = where_.index_select(0, owner).unbind(1)
         rising, falling = slope > 0, slope < 0
-        start_ = torch.where(rising, torch.searchsorted(cols.src, bright, right=True), first).clamp_(first, last)
-        stop_ = torch.where(falling, torch.searchsorted(cols.src, bright, right=False), last).clamp_(first, last)
-        dark_stop = torch.where(rising, torch.searchsorted(cols.src, dark, right=True), first).clamp_(first, last)
-        dark_start = torch.where(falling, torch.searchsorted(cols.src, dark, right=False), last).clamp_(first, last)
-        # a flat row (slope 0) that is neither clearly dark nor clearly lit is undecided
-        undecided = torch.where(rising, start_ > dark_stop, torch.where(falling, dark_start > stop_, True))
-        unsettled[pair[part[undecided]]] = True
-        lit_start[part], lit_stop[part] = start_, stop_
-    lit = torch.nonzero(lit_stop > lit_start)[:, 0]
-    pair, y, lit_start, lit_stop = pair[lit], y[lit], lit_start[lit], lit_stop[lit]
-    prefix = torch.zeros(len(masks), size, size + 1, kmax)
-    torch.cumsum(masks.permute(0, 2, 3, 1), 2, out=prefix[:, :, 1:])  # whole numbers < 2^24: exact in float32
-    row = (image[pair] * size + y) * (size + 1)
-    prefix = prefix.view(-1, kmax)
-    counts.index_add_(0, pair, prefix.index_select(0, row + lit_stop) - prefix.index_select(0, row + lit_start))
-    area.index_add_(0, pair, (lit_stop - lit_start).float())
+        safe = torch.where(slope == 0, torch.ones_like(slope), slope)
+        # rising: pixels with src > bright are lit, src <= dark dark; falling: src < bright lit, src >= dark dark
+        bright = (high - level) / safe + offset
+        end = _pixels_upto(cols, bright, lo, hi)
+        # the pixel next to the run's end must be clearly dark; a flat row is too close to call
+        nxt = torch.where(rising, end - 1, end)
+        check = torch.where(rising, end > first, end < last)
+        near = cols.src.index_select(0, nxt.clamp_(0, len(cols.src) - 1))
+        dark = (low - level) / safe + offset
+        undecided = torch.where(rising, near > dark, near < dark) & check | ~(rising | falling)
+        unsettled[pair_[undecided]] = True
+        _add_runs(counts, area, flat_prefix, pair_, (image_ * size + top + part % span) * (size + 1),
+                  torch.where(rising, end, first), torch.where(rising, last, end))
+        first, last, top, pair_, image_ = where_.index_select(0, whole // span).unbind(1)
+        _add_runs(counts, area, flat_prefix, pair_, (image_ * size + top + whole % span) * (size + 1), first, last)
     return counts, area, unsettled
 
 
-def _dense_counts(x: torch.Tensor, t: torch.Tensor, image: torch.Tensor, masks: torch.Tensor, size: int
+def _add_runs(counts: torch.Tensor, area: torch.Tensor, prefix: torch.Tensor, pair: torch.Tensor, row: torch.Tensor,
+              start: torch.Tensor, stop: torch.Tensor) -> None:
+    """Pixels ``start:stop`` of rows ``row`` (offsets into ``prefix``) lit, for ``pair``."""
+    counts.index_add_(0, pair, prefix.index_select(0, row + stop) - prefix.index_select(0, row + start))
+    area.index_add_(0, pair, (stop - start).float())
+
+
+def _pixels_upto(axis: _Axis, v: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """How many pixels have a source coordinate up to ``v``, clamped to ``first`` .. ``last`` (float64
+    bounds): ``searchsorted(axis.src, v).clamp(first, last)`` but from the affine inverse of
+    ``src = max(0, scale (j + 0.5) - 0.5)``. That inverse is off only for a pixel whose source
+    coordinate is within a rounding of ``v`` (or of ATen's own coordinate, :attr:`_Axis.slack`): a
+    pixel lying on the margin's edge, clearly lit and clearly dark alike, so the callers' margins
+    make either answer right."""
+    count = ((v + 0.5) / axis.scale + 0.5).floor_().mul_(v >= 0)  # every src is >= 0 (clamped ones are 0)
+    return torch.maximum(torch.minimum(count, last), first).long()
+
+
+@dataclass(frozen=True)
+class _Lanes:
+    """Mask counts packed several to an int64 word: concept ``j`` in word ``j // per_word``, bits
+    ``bits * (j % per_word)`` up. Any count of one image fits its lane (< 2^(bits - 1)), so sums and
+    differences of such words, taken lane by lane, never carry into the next lane."""
+
+    per_word: int
+    bits: int
+    words: int
+    concepts: int
+
+    @classmethod
+    def of(cls, size: int, concepts: int) -> "_Lanes":
+        bits = 16 if size * size < 2 ** 15 else 32
+        per_word = 64 // bits
+        return cls(per_word, bits, -(-concepts // per_word), concepts)
+
+    @property
+    def bytes(self) -> int:
+        return self.bits // 8
+
+    @property
+    def low_byte(self) -> int:  # where a lane's lowest byte lies in memory
+        return 0 if sys.byteorder == "little" else self.bytes - 1
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """(pairs, words) int64 -> (pairs, concepts) float32."""
+        shifts = torch.arange(self.per_word, dtype=torch.int64) * self.bits
+        lanes = (packed[:, :, None] >> shifts) & ((1 << self.bits) - 1)
+        return lanes.reshape(len(packed), -1)[:, :self.concepts].float()
+
+
+def _dense_counts(x: torch.Tensor, t: torch.Tensor, image: torch.Tensor, prefix: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain way, image by image: upsample each map, compare, one product with the masks."""
-    counts = torch.zeros(len(x), masks.shape[1])
-    area = torch.zeros(len(x))
-    flat_masks = masks.reshape(len(masks), masks.shape[1], -1)
-    copy = x.shape[-2:] == (size, size) and bool(torch.isfinite(x).all())  # ATen copies finite values
-    bounds = torch.searchsorted(image.contiguous(), torch.arange(len(masks) + 1)).tolist()
-    for i in range(len(masks)):
-        lo, hi = bounds[i], bounds[i + 1]
-        if lo == hi:
-            continue
-        up = x[lo:hi] if copy else F.interpolate(x[lo:hi, None], size=(size, size), mode="bilinear",
-                                                 align_corners=False)
-        lit = up.reshape(hi - lo, -1).gt(t[lo:hi, None]).float()
-        counts[lo:hi] = lit @ flat_masks[i].t()
-        area[lo:hi] = lit.sum(1)
+    """The plain way: upsample each map, compare; the lit pixels of each pixel row are counted run
+    by run with the masks' row prefix sums (``prefix``, as :func:`_cell_counts` takes it)."""
+    size = prefix.shape[1]
+    counts = torch.zeros(len(x), prefix.shape[3], dtype=prefix.dtype)
+    if x.shape[-2:] != (size, size) or not bool(torch.isfinite(x).all()):  # ATen copies finite values
+        x = F.interpolate(x[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    lit = x > t.view(-1, 1, 1)
+    area = lit.sum((1, 2), dtype=torch.float32)
+    edges = F.pad(lit, (1, 1))  # dark before the first pixel and after the last
+    pair, y, at = torch.nonzero(edges[:, :, 1:] != edges[:, :, :-1]).unbind(1)  # a run starts or stops at x = at
+    sign = torch.where(edges[pair, y, at + 1], -1, 1)
+    values = prefix[image[pair], y, at] * sign[:, None]
+    counts.index_add_(0, pair, values)
     return counts, area
 
 

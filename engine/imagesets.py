@@ -533,6 +533,12 @@ def features_key(handle: ModelHandle, layer: str, imageset: ImageSet) -> str:
     return hashlib.sha256(settings.encode()).hexdigest()[:24]
 
 
+def resolve_layer(handle: ModelHandle, layer: str | None) -> str:
+    """The name a layer's features are stored under: :data:`PENULTIMATE`, or the spatial layer's name
+    (None: the handle's default layer)."""
+    return _resolve(handle, layer)[0]
+
+
 def _resolve(handle: ModelHandle, layer: str | None) -> tuple[str, str, int, int]:
     """(layer name, kind, height, width); None is the handle's default (CAM) layer."""
     if layer == PENULTIMATE:

@@ -251,7 +251,7 @@ def brute_force_tally(maps: torch.Tensor, thresholds: np.ndarray, samples, size:
 
 
 @pytest.mark.parametrize("side,size", [(7, 112), (14, 112), (28, 112), (56, 112), (112, 112), (32, 48), (5, 17),
-                                       (3, 12), (12, 7), (2, 64)])
+                                       (3, 12), (12, 7), (2, 64), (7, 200)])  # 200: masks past 181 px pack 2 to a word
 def test_fast_tally_equals_upsampling_every_map(side, size):
     """The cell-wise tally (no upsampling) gives exactly the pixel counts of F.interpolate > threshold,
     at power-of-2 and other scales, with plateaus and thresholds equal to map values (ties)."""
@@ -277,3 +277,22 @@ def test_fast_tally_equals_upsampling_every_map(side, size):
     np.testing.assert_array_equal(fast.intersections, slow.intersections)
     np.testing.assert_array_equal(fast.unit_area, slow.unit_area)
     np.testing.assert_array_equal(fast.label_area, slow.label_area)
+
+
+def test_tally_counts_pixels_rounded_above_the_maximum():
+    """ATen's float32 bilinear weights can lift a blend of equal samples an ulp above them: with the
+    threshold equal to the map's maximum, F.interpolate still lights a pixel here, so a pair is not
+    skipped just because its maximum does not pass the threshold."""
+    maps = np.array([[-1.0, 0.5], [-0.5, 0.5]], dtype=np.float32).reshape(1, 1, 2, 2)
+    thresholds = np.array([0.5], dtype=np.float32)
+    up = F.interpolate(torch.from_numpy(maps), size=(48, 48), mode="bilinear", align_corners=False)
+    assert int((up > 0.5).sum()) > 0  # the premise: rounding lights a pixel
+    concepts = FakeConcepts(1, size=8, mask_size=48, seed=3)
+    store = dissection.ActivationStore(maps.shape)
+    store.append(maps)
+    fast = dissection.tally(store, concepts, thresholds, count=1, batch_size=1)
+    categories, _ = dissection.category_table(concepts)
+    slow = brute_force_tally(torch.from_numpy(maps), thresholds, concepts.samples, 48, categories,
+                             len(concepts.concepts))
+    np.testing.assert_array_equal(fast.intersections, slow.intersections)
+    np.testing.assert_array_equal(fast.unit_area, slow.unit_area)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -14,24 +13,12 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from engine import dissection, distributed, imagesets, models
+from engine.concepts import Concept, Sample
 
 LAYER = "features.3"
 CONFIG = dissection.DissectionConfig(quantile=0.02, batch_size=4, top_k=3)  # 23 images: 12 + 11 per rank
 
 
-@dataclass(frozen=True)
-class Concept:
-    id: int
-    name: str
-    category: str
-
-
-@dataclass(frozen=True)
-class Sample:
-    image: np.ndarray
-    concept_ids: np.ndarray
-    masks: np.ndarray
-    categories: tuple[str, ...]
 
 
 class SmallConcepts:
