@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from engine import cache, plots
+from engine import anatomy_cli, cache, images, io, plots
 from engine.errors import GlassboxError
 from engine.imagesets import PENULTIMATE
 from engine.models import ModelHandle
-from streamlit_app import (Selection, page_header, show_job, start_job, url_value, url_widget,
-                           use_image)
+from streamlit_app import Selection, page_header, show_job, start_job, url_widget, use_image
 
 INTRO = ("The lecture's opening question, *What has been learned by ConvNets?*, answered the ways the slides do: "
          "look at the first layer's filters, at a layer's activations, at the patches of many images that excite "
@@ -108,7 +107,7 @@ def set_controls() -> SetChoice:
     """The image set of the set views: source, then the ZIP or path it needs; its size on screen."""
     sources = [s for s in SOURCES if folders_allowed() or s not in ("folder", "broden")]
     left, right = st.columns([2, 3])
-    source = url_widget(left.selectbox, "Image set", key="an_source", param="set", default="bundled",
+    source = url_widget(left.selectbox, "Image set", key="an_source", param="set", default="crops",
                         options=sources, format_func=SOURCES.get,
                         help="Bundled: every real photo that ships with Glassbox (20, not ImageNet). Crops: 500 "
                              "random crops of them, at many scales (made once, about 10 s). Concept images: the dissection page's drawn colours, textures and shapes on photos. "
@@ -197,6 +196,7 @@ def filters_view(handle: ModelHandle, selection: Selection) -> None:
     if grid.note:
         st.info(grid.note)
     st.image(plots.enlarge(grid.grid, max(1, 560 // grid.grid.shape[1])), width="content")
+    st.download_button("Filters (PNG)", images.to_png_bytes(grid.grid), f"filters_{handle.name}.png", "image/png")
 
 
 def activations_view(handle: ModelHandle, selection: Selection) -> None:
@@ -261,6 +261,9 @@ def back_view(handle: ModelHandle, selection: Selection) -> None:
             column.image(plots.enlarge(crop, factor), width="stretch", caption=caption)
     st.caption("Grey is zero; brighter or darker pixels push the unit up or down. Each picture is scaled to its own "
                "99.5th percentile, so compare patterns, not brightness, across methods.")
+    side_by_side = plots.tile([view, *(plots.signed_picture(r.image) for r in results.values())], len(results) + 1)
+    st.download_button("Projections (PNG)", images.to_png_bytes(side_by_side),
+                       f"projections_{handle.name}_{layer}_unit{unit}.png".replace("/", "_"), "image/png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +298,11 @@ def patches_view(handle: ModelHandle, selection: Selection, choice: SetChoice, i
                f"the unit's receptive field at its peak ({patches.field_size[0]}×{patches.field_size[1]} px of the "
                f"{handle.input_size} px input, computed exactly from the gradient's support).")
     render_patches(patches, columns=min(len(patches.crops), 9))
+    stem = f"patches_{handle.name}_{layer}_unit{unit}".replace("/", "_")
+    record = anatomy_cli.patches_record(patches, model=handle.name, set_name=imageset.name)
+    png_column, json_column, _ = st.columns([1, 1, 4])
+    png_column.download_button("Patches (PNG)", anatomy_cli.patches_png(patches), f"{stem}.png", "image/png")
+    json_column.download_button("Patches (JSON)", io.manifest_json(record), f"{stem}.json", "application/json")
 
 
 def render_patches(patches, *, columns: int) -> None:
@@ -343,6 +351,8 @@ def neighbours_view(handle: ModelHandle, selection: Selection, choice: SetChoice
     query, rest = st.columns([1, 5])
     query.image(cache.model_view(handle.name, selection.digest, selection.image_bytes), width="stretch",
                 caption=f"{selection.image_name} (the query)")
+    if result.excluded is not None:
+        query.caption(f"The set holds this very image ({imageset.labels[result.excluded]}); it is left out.")
     with rest:
         for title, rows in (("By the network's penultimate features (cosine distance)", result.features),
                             ("By raw pixels (Euclidean distance, 32×32 thumbnails)", result.pixels)):
@@ -352,6 +362,8 @@ def neighbours_view(handle: ModelHandle, selection: Selection, choice: SetChoice
                              width="stretch", caption=f"{imageset.labels[int(index)]} · {distance:.3f}")
     st.caption("The lecture's point: the network's neighbours share what the image shows, even when colours, pose "
                "and background differ; the pixel neighbours share colours and layout, not content.")
+    st.download_button("Neighbours (JSON)", io.manifest_json(anatomy_cli.neighbours_record(result, imageset.labels)),
+                       f"neighbours_{handle.name}.json", "application/json")
 
 
 def embedding_facts(embedding) -> str:
@@ -386,6 +398,9 @@ def embedding_view(handle: ModelHandle, selection: Selection, choice: SetChoice,
     event = st.plotly_chart(figure, on_select="rerun", selection_mode="points", key="an_embedding", width="stretch")
     st.caption(f"{embedding_facts(embedding)} {embedding.note} Colour: the predicted class. Hover for the file and "
                "the class; click a point to make that image the current one (sidebar).")
+    rows = anatomy_cli.embedding_points(embedding, list(imageset.labels), names, features.confidence)
+    st.download_button("Points (CSV)", anatomy_cli.embedding_csv(rows), f"{embedding.method}_{handle.name}.csv",
+                       "text/csv")
     points = event.selection.points if event is not None else []
     if points:
         index = int(points[0]["customdata"][0])

@@ -732,10 +732,16 @@ def neighbours(query_features: np.ndarray, set_features, query_pixels: np.ndarra
 
 
 def neighbours_from(by_features: NeighbourIndex, by_pixels: NeighbourIndex, query_features: np.ndarray,
-                    query_pixels: np.ndarray, k: int = 8, *, query_index: int | None = None) -> Neighbours:
-    """:func:`neighbours` with indexes built once (and cached by the caller) for many queries."""
+                    query_pixels: np.ndarray, k: int = 8, *, query_index: int | None = None,
+                    skip_copy: bool = False) -> Neighbours:
+    """:func:`neighbours` with indexes built once (and cached by the caller) for many queries.
+    ``skip_copy``: when the query is itself in the set (the first image whose thumbnail equals the
+    query's exactly), leave that one out, so the list shows other images."""
     if len(by_features) != len(by_pixels):
         raise ConfigError(f"The set has {len(by_features)} feature vectors but {len(by_pixels)} pixel vectors.")
+    if skip_copy and query_index is None:
+        same = np.flatnonzero(by_pixels.distances(_vectors(query_pixels)) == 0)
+        query_index = int(same[0]) if len(same) else None
     f_idx, f_dist = by_features.query(_vectors(query_features), k, exclude=query_index)
     p_idx, p_dist = by_pixels.query(_vectors(query_pixels), k, exclude=query_index)
     return Neighbours(feature_indices=f_idx, feature_distances=f_dist, pixel_indices=p_idx, pixel_distances=p_dist,

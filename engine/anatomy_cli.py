@@ -72,6 +72,54 @@ def add_parser(commands) -> None:
     v.add_argument("--layer", action="append", help="a layer (repeat for several; default: the penultimate vector)")
 
 
+# ---------------------------------------------------------------------------------------------
+# What the CLI writes and the page downloads: one builder each
+
+
+def patches_png(patches) -> bytes:
+    """A patch grid: every crop fitted into the largest crop's square, side by side."""
+    from . import plots
+
+    side = max(max(c.shape[:2]) for c in patches.crops)
+    squares = [np.asarray(images.fit_square(c, side)) for c in patches.crops]
+    return images.to_png_bytes(plots.tile(squares, min(len(squares), 9)))
+
+
+def patches_record(patches, *, model: str, set_name: str) -> dict:
+    return {"model": model, "layer": patches.layer, "unit": int(patches.unit), "set": set_name,
+            "field": [int(v) for v in patches.field_size],
+            "patches": [{"path": label, "value": round(float(v), 5), "box": [int(b) for b in box]}
+                        for label, v, box in zip(patches.labels, patches.values, patches.boxes)]}
+
+
+def neighbours_record(result, labels) -> dict:
+    """``{"features": [{"path", "distance"}, ...], "pixels": [...]}`` (the issue's contract)."""
+    return {kind: [{"path": labels[int(i)], "distance": round(float(d), 6)} for i, d in rows]
+            for kind, rows in (("features", result.features), ("pixels", result.pixels))}
+
+
+def embedding_points(embedding, labels, predicted_names, confidence=None) -> list[dict]:
+    """``[{"path", "x", "y", "predicted"}, ...]`` (the issue's contract), plus the confidence if given."""
+    points = []
+    for i, (x, y) in enumerate(embedding.points):
+        point = {"path": labels[i], "x": round(float(x), 5), "y": round(float(y), 5), "predicted": predicted_names[i]}
+        if confidence is not None:
+            point["confidence"] = round(float(confidence[i]), 5)
+        points.append(point)
+    return points
+
+
+def embedding_csv(points: list[dict]) -> str:
+    import csv
+    import io as text_io
+
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(points[0]) if points else ["path", "x", "y", "predicted"])
+    writer.writeheader()
+    writer.writerows(points)
+    return buffer.getvalue()
+
+
 def _handle(args: argparse.Namespace) -> models.ModelHandle:
     return models.load_model(args.model)
 
@@ -140,28 +188,23 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from . import anatomy, plots
+    from . import anatomy
 
     handle = _handle(args)
     imageset = _image_set(args, handle)
     layer = handle.layer(args.layer).name
     patches = anatomy.top_patches(handle, imageset, _features(handle, imageset, [layer])[layer], args.unit, k=args.k)
     out = _out(args)
-    side = max(max(c.shape[:2]) for c in patches.crops)
-    squares = [np.asarray(images.fit_square(c, side)) for c in patches.crops]
     png = out / f"patches_{_safe(layer)}_unit{args.unit}.png"
-    io.write_bytes_atomic(png, images.to_png_bytes(plots.tile(squares, min(len(squares), 9))))
-    record = {"model": handle.name, "layer": layer, "unit": args.unit, "set": imageset.name,
-              "field": list(patches.field_size), "png": str(png),
-              "patches": [{"path": label, "value": round(float(v), 5), "box": [int(b) for b in box]}
-                          for label, v, box in zip(patches.labels, patches.values, patches.boxes)]}
+    io.write_bytes_atomic(png, patches_png(patches))
+    record = {**patches_record(patches, model=handle.name, set_name=imageset.name), "png": str(png)}
     io.write_json_atomic(out / f"patches_{_safe(layer)}_unit{args.unit}.json", record)
     print(json.dumps(record))
     return 0
 
 
 def cmd_tour(args: argparse.Namespace) -> int:
-    from . import anatomy, plots
+    from . import anatomy
 
     handle = _handle(args)
     imageset = _image_set(args, handle)
@@ -170,10 +213,8 @@ def cmd_tour(args: argparse.Namespace) -> int:
     out = _out(args)
     record = {"model": handle.name, "set": imageset.name, "stops": []}
     for stop in stops:
-        side = max(max(c.shape[:2]) for c in stop.patches.crops)
-        squares = [np.asarray(images.fit_square(c, side)) for c in stop.patches.crops]
         png = out / f"tour_{_safe(stop.layer)}_unit{stop.unit}.png"
-        io.write_bytes_atomic(png, images.to_png_bytes(plots.tile(squares, len(squares))))
+        io.write_bytes_atomic(png, patches_png(stop.patches))
         record["stops"].append({"layer": stop.layer, "unit": stop.unit, "field": list(stop.patches.field_size),
                                 "png": str(png)})
     io.write_json_atomic(out / "tour.json", record)
@@ -190,9 +231,9 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     view, _ = _image_tensor(args, handle)
     result = anatomy.neighbours_from(anatomy.NeighbourIndex(features.values, metric="cosine"),
                                      anatomy.NeighbourIndex(imagesets.pixel_vectors(imageset), metric="euclidean"),
-                                     imagesets.image_features(handle, view), anatomy.pixel_vector(view), args.k)
-    record = {kind: [{"path": imageset.labels[int(i)], "distance": round(float(d), 6)} for i, d in rows]
-              for kind, rows in (("features", result.features), ("pixels", result.pixels))}
+                                     imagesets.image_features(handle, view), anatomy.pixel_vector(view), args.k,
+                                     skip_copy=True)
+    record = neighbours_record(result, imageset.labels)
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
@@ -210,9 +251,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     imageset = _image_set(args, handle)
     features = _features(handle, imageset, [imagesets.PENULTIMATE])[imagesets.PENULTIMATE]
     embedding = anatomy.embed(features.values, method=args.method)
-    points = [{"path": imageset.labels[i], "x": round(float(x), 5), "y": round(float(y), 5),
-               "predicted": handle.class_names[int(features.predicted[i])]}
-              for i, (x, y) in enumerate(embedding.points)]
+    points = embedding_points(embedding, imageset.labels,
+                              [handle.class_names[int(c)] for c in features.predicted])
     if args.json:
         print(json.dumps({"method": args.method, "kl": embedding.kl, "points": points}, indent=2))
         return 0

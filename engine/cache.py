@@ -549,7 +549,8 @@ def neighbours(model_name: str, digest: str, _data: bytes, spec: str, set_key: s
     handle = get_handle(model_name)
     by_features, by_pixels = neighbour_indexes(model_name, set_key, _features, spec, handle.input_size)
     query_pixels = anatomy.pixel_vector(model_view(model_name, digest, _data))
-    return anatomy.neighbours_from(by_features, by_pixels, image_vector(model_name, digest, _data), query_pixels, k)
+    return anatomy.neighbours_from(by_features, by_pixels, image_vector(model_name, digest, _data), query_pixels, k,
+                                   skip_copy=True)
 
 
 @st.cache_data(show_spinner="Embedding…", max_entries=16)

@@ -340,6 +340,13 @@ def test_neighbours_features_and_pixels():
     assert again.features == result.features and again.pixels == result.pixels
     with pytest.raises(DatasetError):
         anatomy.neighbours(features[4], features[:5], pixels[4], pixels[:5], 5, query_index=4)
+    # skip_copy: a query that is in the set leaves its first exact copy out; an outside query leaves nothing out
+    by_features, by_pixels = anatomy.NeighbourIndex(features), anatomy.NeighbourIndex(pixels, "euclidean")
+    member = anatomy.neighbours_from(by_features, by_pixels, features[4], pixels[4], 5, skip_copy=True)
+    assert member.excluded == 4 and member.features == result.features and member.pixels == result.pixels
+    outside = rng.integers(0, 256, size=32 * 32 * 3).astype(np.uint8)
+    stranger = anatomy.neighbours_from(by_features, by_pixels, features[4], outside, 5, skip_copy=True)
+    assert stranger.excluded is None and stranger.pixel_distances[0] > 0
 
 
 def test_pixel_vector_shape():

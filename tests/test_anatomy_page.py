@@ -47,6 +47,7 @@ def test_filters_view_draws_the_first_layer_with_its_shape():
     assert not at.exception, at.exception
     assert any(h.value == "First layer: features.0, weights 8 × 3 × 3 × 3" for h in at.subheader)
     assert len(at.image) >= 1
+    assert [b.proto.label for b in at.get("download_button")] == ["Filters (PNG)"]
 
 
 def test_activations_view_shows_a_clickable_grid_and_the_strongest_channel():
@@ -64,6 +65,7 @@ def test_back_view_shows_three_projections_and_says_there_are_no_switches():
     assert any("max-pool" in i.value for i in at.info)  # the tiny net has none
     captions = [c for picture in at.image for c in picture.captions]
     assert {"Deconvnet (Zeiler & Fergus)", "Guided backprop", "Gradient"} <= set(captions), captions
+    assert [b.proto.label for b in at.get("download_button")] == ["Projections (PNG)"]
 
 
 def test_patches_over_a_folder_then_neighbours_and_embedding(photo_folder):
@@ -78,6 +80,7 @@ def test_patches_over_a_folder_then_neighbours_and_embedding(photo_folder):
     assert len(patch_captions) == 4, patch_captions
     values = [float(c.rsplit(" · ", 1)[1]) for c in patch_captions]
     assert values == sorted(values, reverse=True)
+    assert [b.proto.label for b in at.get("download_button")] == ["Patches (PNG)", "Patches (JSON)"]
     again = open_page(view="patches", set="folder", folder=str(photo_folder), layer="features.3", k="4")
     assert not any(b.label == "Find top patches" for b in again.button)  # a second visit reads the disk
     assert any("receptive field" in c.value for c in again.caption)
@@ -86,11 +89,13 @@ def test_patches_over_a_folder_then_neighbours_and_embedding(photo_folder):
     press(at, "Find neighbours")
     assert any("penultimate features" in m.value for m in at.markdown)
     assert any("raw pixels" in m.value for m in at.markdown)
+    assert [b.proto.label for b in at.get("download_button")] == ["Neighbours (JSON)"]
 
     at = open_page(view="embedding", set="folder", folder=str(photo_folder), method="pca")
     press(at, "Embed")
     assert len(at.get("plotly_chart")) == 1
     assert any("PCA" in c.value for c in at.caption)
+    assert [b.proto.label for b in at.get("download_button")] == ["Points (CSV)"]
 
 
 def test_an_image_chosen_on_the_page_becomes_the_current_image():

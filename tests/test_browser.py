@@ -258,9 +258,11 @@ def test_anatomy_page_views(server, tmp_path):
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "anatomy-patches")
 
-        page.goto(f"{server}/anatomy?view=neighbours&set=bundled")
+        page.goto(f"{server}/anatomy?view=neighbours")  # the default set: crops of the bundled photos
         wait_for_app(page, "Image set:")
+        assert page.get_by_text("500 crops").count()
         click_and_wait(page, "Find neighbours", "By raw pixels", timeout_ms=240_000)
+        assert page.get_by_text("chelsea crop").count()  # crops of the same photo are its feature neighbours
         screenshot(page, "anatomy-neighbours")
 
         page.goto(f"{server}/anatomy?view=tour&set=bundled")
