@@ -112,7 +112,7 @@ def test_features_under_torchrun_equal_one_process(tmp_path, photos):
 
     cache = tmp_path / "c"
     env = {"GLASSBOX_DEVICE": "cpu", "PATH": "/usr/bin:/bin", "GLASSBOX_CACHE": str(cache), "OMP_NUM_THREADS": "1",
-           "HOME": os.environ.get("HOME", "/root")}
+           "HOME": os.environ.get("HOME", "/root"), "TMPDIR": str(tmp_path)}  # torchrun's scratch dies with the test
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(_free_port()), "-m", "engine", "anatomy", "features",
                              "--set", str(photos), "--layer", "features.3", "--layer", "penultimate",
