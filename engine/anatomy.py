@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import plots
 from .errors import ConfigError, DatasetError
 from .models import ModelHandle
 
@@ -219,23 +220,9 @@ def first_layer_filters(handle: ModelHandle, *, scale: int | None = None, gap: i
     tiles = np.rint((pictures - low) / span * 255).astype(np.uint8)
     scale = int(scale) if scale else max(1, math.ceil(24 / max(kh, kw)))
     columns = max(1, math.ceil(math.sqrt(out)))
-    grid = tile_grid(tiles, columns=columns, scale=scale, gap=gap)
+    grid = plots.tile([plots.enlarge(tile, scale) for tile in tiles], columns, gap=1, background=gap)
     return FilterGrid(layer=name, shape=(int(out), int(per_group), int(kh), int(kw)), tiles=tiles, grid=grid,
                       scale=scale, columns=columns, note=note)
-
-
-def tile_grid(tiles: np.ndarray, *, columns: int, scale: int = 1, gap: int = 255) -> np.ndarray:
-    """uint8 tiles (n, h, w, 3) -> one picture, ``columns`` wide, 1-px gaps of value ``gap``."""
-    n, h, w, _ = tiles.shape
-    if scale > 1:
-        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
-        h, w = h * scale, w * scale
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1, 3), gap, dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        grid[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = tiles[i]
-    return grid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,22 +733,6 @@ def neighbours_from(by_features: NeighbourIndex, by_pixels: NeighbourIndex, quer
     p_idx, p_dist = by_pixels.query(_vectors(query_pixels), k, exclude=query_index)
     return Neighbours(feature_indices=f_idx, feature_distances=f_dist, pixel_indices=p_idx, pixel_distances=p_dist,
                       excluded=query_index)
-
-
-def pixel_vector(image: np.ndarray, side: int = 32, *, size: int | None = None) -> np.ndarray:
-    """A query picture's raw-pixel vector (side * side * 3 uint8), made the way
-    ``imagesets.pixel_vectors`` makes the set's: the centre square at the set's image ``size``
-    (default: the picture's shorter side), shrunk to side x side with PIL's box filter."""
-    from PIL import Image
-
-    from .images import fit_square
-
-    picture = np.asarray(image, dtype=np.uint8)
-    size = int(size or min(picture.shape[:2]))
-    if picture.shape[:2] != (size, size):
-        picture = fit_square(picture, size)
-    small = Image.fromarray(picture).resize((side, side), Image.Resampling.BOX)
-    return np.asarray(small, np.uint8).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------

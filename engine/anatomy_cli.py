@@ -231,7 +231,7 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     view, _ = _image_tensor(args, handle)
     result = anatomy.neighbours_from(anatomy.NeighbourIndex(features.values, metric="cosine"),
                                      anatomy.NeighbourIndex(imagesets.pixel_vectors(imageset), metric="euclidean"),
-                                     imagesets.image_features(handle, view), anatomy.pixel_vector(view), args.k,
+                                     imagesets.image_features(handle, view), imagesets.pixel_vector(view), args.k,
                                      skip_copy=True)
     record = neighbours_record(result, imageset.labels)
     if args.json:

@@ -544,11 +544,11 @@ def neighbour_indexes(model_name: str, set_key: str, _features, spec: str, size:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def neighbours(model_name: str, digest: str, _data: bytes, spec: str, set_key: str, k: int, _features):
-    from . import anatomy
+    from . import anatomy, imagesets
 
     handle = get_handle(model_name)
     by_features, by_pixels = neighbour_indexes(model_name, set_key, _features, spec, handle.input_size)
-    query_pixels = anatomy.pixel_vector(model_view(model_name, digest, _data))
+    query_pixels = imagesets.pixel_vector(model_view(model_name, digest, _data))
     return anatomy.neighbours_from(by_features, by_pixels, image_vector(model_name, digest, _data), query_pixels, k,
                                    skip_copy=True)
 

@@ -463,6 +463,18 @@ def _megabytes(count: int) -> str:
     return _human_bytes(count)
 
 
+def pixel_vector(picture: np.ndarray, side: int = 32, *, size: int | None = None) -> np.ndarray:
+    """One picture's raw-pixel vector (side * side * 3 uint8): the centre square at ``size``
+    (default: the picture's shorter side; a set's pictures are already square), shrunk to
+    side x side with PIL's box filter. :func:`pixel_vectors` makes a set's rows with it, so a query
+    picture compares like with like."""
+    picture = np.asarray(picture, dtype=np.uint8)
+    size = int(size or min(picture.shape[:2]))
+    if picture.shape[:2] != (size, size):
+        picture = fit_square(picture, size)
+    return np.asarray(Image.fromarray(picture).resize((side, side), Image.Resampling.BOX), np.uint8).reshape(-1)
+
+
 def pixel_vectors(imageset: ImageSet, *, side: int = 32) -> np.ndarray:
     """(n, side * side * 3) uint8: each picture shrunk to side x side (antialiased), flattened: the
     raw-pixel space the lecture's nearest neighbours are compared in. Cached per set."""
@@ -480,8 +492,7 @@ def pixel_vectors(imageset: ImageSet, *, side: int = 32) -> np.ndarray:
     rows = np.empty((len(imageset), side * side * 3), np.uint8)
     for pictures, indices in imageset.batches(64):
         for picture, index in zip(pictures, indices):
-            small = Image.fromarray(picture).resize((side, side), Image.Resampling.BOX)
-            rows[index] = np.asarray(small, np.uint8).reshape(-1)
+            rows[index] = pixel_vector(picture, side)
     if distributed.is_lead():
         with atomic_path(path) as temporary, open(temporary, "wb") as file:
             np.save(file, rows)

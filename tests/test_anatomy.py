@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine import anatomy, images
+from engine import anatomy, images, imagesets
 from engine.errors import ConfigError, DatasetError
 from engine.hooks import count_hooks
 from engine.models import ModelHandle, ModelSpec, make_handle
@@ -351,7 +351,7 @@ def test_neighbours_features_and_pixels():
 
 def test_pixel_vector_shape():
     picture = images.fit_square(images.load_sample(images.list_samples()[0]), 80)
-    vector = anatomy.pixel_vector(picture, 32)
+    vector = imagesets.pixel_vector(picture, 32)
     assert vector.shape == (32 * 32 * 3,) and vector.dtype == np.uint8
 
 
@@ -520,7 +520,7 @@ def test_with_real_image_sets(tiny):
     with pytest.raises(ConfigError, match="no spatial output"):
         anatomy.top_patches(tiny, photos, vectors, 0, k=3)
     pixels = imagesets.pixel_vectors(photos)
-    assert np.array_equal(anatomy.pixel_vector(photos.image(2), 32), pixels[2])
+    assert np.array_equal(imagesets.pixel_vector(photos.image(2), 32), pixels[2])
     found = anatomy.neighbours(vectors.values[2], vectors, pixels[2], pixels, 3, query_index=2)
     assert list(found.feature_indices) == brute_cosine(vectors.values, vectors.values[2], 3, exclude=2)[0]
     embedding = anatomy.embed(vectors.values, "tsne")

@@ -11,7 +11,6 @@ config.json); ``export`` writes the generator alone, the small file the page gen
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from .. import models
@@ -84,11 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..jobs import tqdm_progress
     from .runs import train_run
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        import torch.distributed as dist
+    from .. import distributed as ranks
 
-        dist.init_process_group("gloo" if os.environ.get("GLASSBOX_DEVICE", "cpu") == "cpu" else "nccl")
+    distributed = ranks.init_from_env()
     try:
         model = args.model
         checkpoint = Path(args.out) / "checkpoint.pt"
@@ -101,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                       weights=parse_weights(args.weights), gradcam_mask=args.gradcam_mask,
                                       class_noise=not args.no_class_noise,
                                       substrates=str(Path(args.substrates).resolve()) if args.substrates else None)
-        lead = not distributed or dist.get_rank() == 0
+        lead = ranks.is_lead()
         with tqdm_progress("train", disable=not lead) as progress:
             outcome = train_run(args.out, config, args.steps, resume=args.resume, sample_every=args.sample_every,
                                 checkpoint_every=args.checkpoint_every, distributed=distributed, progress=progress)
@@ -110,8 +107,5 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"trained to step {outcome.steps}; wrote {out / 'checkpoint.pt'}, {out / 'log.csv'} and samples "
                   f"in {out / 'samples'}")
     finally:
-        if distributed:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        ranks.shutdown()
     return 0
