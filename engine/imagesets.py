@@ -132,7 +132,7 @@ class ImageSet:
     def describe(self) -> str:
         """One line for the screen, saying the size plainly (20 photos are not ImageNet)."""
         n = len(self)
-        noun = {"bundled": "photo", "crops": "crop"}.get(self.source, "image")
+        noun = {"bundled": "photo", "crops": "crop", "heldout": "photo"}.get(self.source, "image")
         scale = ("a tiny set, not ImageNet" if n < 100 else "a small set, not ImageNet" if n < 1000
                  else "a mid-sized set" if n < 10_000 else "a large set")
         skipped = f"; {len(self.skipped)} file{'s' if len(self.skipped) != 1 else ''} skipped" if self.skipped else ""
@@ -411,6 +411,74 @@ def photo_crops(n: int = PHOTO_CROPS, *, size: int = 224, seed: int = 0, progres
                   progress=progress, total=int(n), empty="No crop of the bundled photos could be made.")
 
 
+HELD_OUT_PHOTOS = 20  # pictures in the held-out photo set
+
+
+def _held_out_files() -> list[tuple[str, Path]]:
+    """Real photos that ship offline and are *not* among the bundled ones: scikit-learn's two sample
+    photos and matplotlib's two. Nothing tuned on the bundled set has seen them."""
+    files = []
+    try:
+        import sklearn.datasets
+
+        folder = Path(sklearn.datasets.__file__).parent / "images"
+        files += [(name, folder / f"{name}.jpg") for name in ("china", "flower")]
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+
+        folder = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
+        files += [("grace_hopper", folder / "grace_hopper.jpg"), ("present", folder / "Minduka_Present_Blue_Pack.png")]
+    except ImportError:
+        pass
+    return [(label, path) for label, path in files if path.is_file()]
+
+
+HELD_OUT_CREDITS = ("Held-out photos: scikit-learn's sample images (china.jpg, flower.jpg; CC BY 2.0, Flickr) and "
+                    "matplotlib's sample data (grace_hopper.jpg, public domain; Minduka_Present_Blue_Pack.png, "
+                    "CC0). See assets/CREDITS.md.")
+
+
+def held_out_photos(n: int = HELD_OUT_PHOTOS, *, size: int = 224, seed: int = 0, progress: Progress | None = None
+                    ) -> ImageSet:
+    """Photos no bundled experiment was tuned on (:func:`_held_out_files`): each whole photo's centre
+    square, then random crops of them (half to nine tenths of the shorter side) up to ``n``. The
+    attacks lab measures how a universal perturbation generalises on these."""
+    size = _check_size(size)
+    files = _held_out_files()
+    if not files:
+        raise DatasetError("No held-out photos were found: scikit-learn's and matplotlib's sample photos are missing.")
+    key = f"heldout-{_digest('heldout', size, seed, n, [(label, p.name, p.stat().st_size) for label, p in files])}-s{size}"
+    decoded: dict[int, Image.Image] = {}
+
+    def picture(i: int) -> bytes:
+        from .images import to_png_bytes
+
+        which = i % len(files)
+        if which not in decoded:
+            decoded[which] = decode_image(files[which][1].read_bytes())
+        photo = decoded[which]
+        if i < len(files):  # the whole photo first
+            return to_png_bytes(fit_square(photo, size))
+        rng = np.random.default_rng([seed, i])
+        short = min(photo.size)
+        side = int(short * rng.uniform(0.5, 0.9))
+        left = int(rng.integers(0, photo.size[0] - side + 1))
+        top = int(rng.integers(0, photo.size[1] - side + 1))
+        square = photo.crop((left, top, left + side, top + side))
+        return to_png_bytes(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
+
+    def label(i: int) -> str:
+        name = files[i % len(files)][0]
+        return name if i < len(files) else f"{name} crop {i}"
+
+    return _build(key, source="heldout", size=size, what=f"photos and crops of {len(files)} photos outside the bundled set",
+                  title="held-out photos", credits=HELD_OUT_CREDITS,
+                  items=((label(i), lambda i=i: picture(i)) for i in range(int(n))),
+                  progress=progress, total=int(n), empty="No held-out photo could be read.")
+
+
 CONCEPT_IMAGES = 1000  # the drawn concept images offered as a set (the dissection page's smallest set)
 
 
@@ -432,7 +500,7 @@ def concept_images(n: int = CONCEPT_IMAGES, *, size: int = 224, progress: Progre
 
 
 def open_set(spec: str, *, size: int = 224, progress: Progress | None = None) -> ImageSet:
-    """``"bundled"``; ``"crops"``; ``"concepts"``; a ``.zip`` file; a Broden folder (with ``index.csv``); any
+    """``"bundled"``; ``"crops"``; ``"concepts"``; ``"heldout"``; a ``.zip`` file; a Broden folder (with ``index.csv``); any
     other folder; or the key of a set already stored (:func:`cached_set`)."""
     text = str(spec).strip()
     if text.lower() == "bundled":
@@ -441,6 +509,8 @@ def open_set(spec: str, *, size: int = 224, progress: Progress | None = None) ->
         return concept_images(size=size, progress=progress)
     if text.lower() == "crops":
         return photo_crops(size=size, progress=progress)
+    if text.lower() == "heldout":
+        return held_out_photos(size=size, progress=progress)
     path = Path(text).expanduser()
     if path.is_file():
         if not zipfile.is_zipfile(path):
