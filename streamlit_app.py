@@ -465,6 +465,100 @@ def _poll_body(job_ids: tuple[str, ...], pool: str, live: LiveView | None, cance
 _POLLERS: dict[float, Callable[..., None]] = {}
 
 
+# ---------------------------------------------------------------------------------------------
+# Image sets (the pages that work on many images: Anatomy, the Attacks lab)
+
+SET_SOURCES = {"bundled": "bundled photos", "crops": "random crops of the bundled photos",
+               "heldout": "held-out photos (not bundled)", "concepts": "bundled concept images (drawn)",
+               "zip": "a ZIP of images", "folder": "a folder on this machine", "broden": "a Broden folder"}
+NAMED_SETS = ("bundled", "crops", "heldout", "concepts")
+
+
+@dataclass(frozen=True)
+class SetChoice:
+    """Which image set a page uses: ``spec`` reopens it anywhere (a job, another session)."""
+
+    source: str
+    spec: str  # "bundled", "crops", "heldout", "concepts", a stored ZIP's key, or a folder path ("": not given)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.spec)
+
+
+def folders_allowed() -> bool:
+    """A folder on the server is offered only when the app runs on this machine (a user of a shared
+    server must not browse its disk)."""
+    import os
+
+    if os.environ.get("GLASSBOX_ALLOW_FOLDERS", "").strip() in ("1", "true", "yes"):
+        return True
+    try:
+        host = (st.context.url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    except Exception:  # an AppTest run has no request: it runs locally
+        return True
+    return host in ("", "localhost", "127.0.0.1", "::1", "[::1]")
+
+
+SET_HELP = ("Bundled: every real photo that ships with Glassbox (20, not ImageNet). Crops: 500 random crops of "
+            "them, at many scales (made once, about 10 s). Held-out: 20 photos and crops of 4 photos that are not "
+            "bundled (scikit-learn's and matplotlib's). Concept images: the dissection page's drawn colours, "
+            "textures and shapes on photos. A ZIP: your own images. A folder or a Broden folder: when the app "
+            "runs on your machine.")
+
+
+def image_set_controls(*, key_prefix: str, default: str, sources: Sequence[str], label: str = "Image set",
+                       param: str = "set", path_param: str = "folder", columns=None) -> SetChoice:
+    """An image set: the source, then the ZIP or path it needs. Every choice lives in the URL."""
+    offered = [s for s in sources if folders_allowed() or s not in ("folder", "broden")]
+    left, right = columns if columns is not None else st.columns([2, 3])
+    source = url_widget(left.selectbox, label, key=f"{key_prefix}_source", param=param, default=default,
+                        options=offered, format_func=SET_SOURCES.get, help=SET_HELP)
+    spec = source if source in NAMED_SETS else ""
+    if source == "zip":
+        spec = _zip_control(right, key_prefix)
+    elif source in ("folder", "broden"):
+        placeholder = "/data/broden1_224" if source == "broden" else "/data/my_photos"
+        spec = url_widget(right.text_input, "Folder", key=f"{key_prefix}_path", param=path_param, default="",
+                          placeholder=placeholder).strip()
+    return SetChoice(source, spec)
+
+
+def _zip_control(column, key_prefix: str) -> str:
+    from engine import imagesets
+
+    uploaded = column.file_uploader(
+        f"ZIP of images (up to {imagesets.MAX_ZIP_BYTES >> 20} MB and {imagesets.MAX_ZIP_MEMBERS} images)",
+        type=["zip"], key=f"{key_prefix}_zip")
+    if uploaded is None:
+        return st.session_state.get(f"{key_prefix}_zip_spec") or ""
+    try:
+        spec = cache.zip_image_set(uploaded.getvalue(), uploaded.name)
+    except GlassboxError as error:
+        column.error(f"{uploaded.name}: {error}")
+        return ""
+    st.session_state[f"{key_prefix}_zip_spec"] = spec
+    return spec
+
+
+def open_image_set(handle: models.ModelHandle, choice: SetChoice, *, what: str = "Image set"):
+    """The chosen set, described on screen (size first, so 20 photos are not mistaken for ImageNet);
+    None with a sentence when it cannot be opened."""
+    if not choice.ready:
+        st.info("Upload a ZIP of images first." if choice.source == "zip" else "Type the folder's path first.")
+        return None
+    try:
+        imageset = cache.image_set(choice.spec, handle.input_size)
+    except GlassboxError as error:
+        st.error(str(error))
+        return None
+    st.caption(f"**{what}:** {imageset.describe()}")
+    if imageset.skipped:
+        with st.expander(f"{len(imageset.skipped)} file(s) skipped"):
+            st.dataframe([{"file": name, "why": why} for name, why in imageset.skipped], hide_index=True)
+    return imageset
+
+
 def page_header(title: str, caption: str) -> tuple[Selection, models.ModelHandle]:
     """Every demo page's opening: the shared selection, the model (or a sentence and a stop), the
     title and the one-paragraph caption saying which paper's experiment this is."""

@@ -14,8 +14,6 @@ The views over a set compute the set's features once, as a job, cached on disk p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import streamlit as st
 
@@ -23,7 +21,8 @@ from engine import anatomy_cli, cache, images, io, plots
 from engine.errors import GlassboxError
 from engine.imagesets import PENULTIMATE
 from engine.models import ModelHandle
-from streamlit_app import Selection, page_header, show_job, start_job, url_widget, use_image
+from streamlit_app import (SetChoice, Selection, image_set_controls, open_image_set, page_header, show_job, start_job,
+                           url_widget, use_image)
 
 INTRO = ("The lecture's opening question, *What has been learned by ConvNets?*, answered the ways the slides do: "
          "look at the first layer's filters, at a layer's activations, at the patches of many images that excite "
@@ -32,23 +31,9 @@ INTRO = ("The lecture's opening question, *What has been learned by ConvNets?*, 
 VIEWS = {"filters": "Filters", "activations": "Activations", "patches": "Top patches", "tour": "The tour",
          "neighbours": "Neighbours", "embedding": "Embedding", "back": "Back to pixels"}
 SET_VIEWS = ("patches", "tour", "neighbours", "embedding")
-SOURCES = {"bundled": "bundled photos", "crops": "random crops of the bundled photos",
-           "concepts": "bundled concept images (drawn)", "zip": "a ZIP of images",
-           "folder": "a folder on this machine", "broden": "a Broden folder"}
+SOURCES = ("bundled", "crops", "concepts", "zip", "folder", "broden")
 SKIPPED_KINDS = ("ZeroPad2d", "Identity")
 PROJECTIONS = {"deconvnet": "Deconvnet (Zeiler & Fergus)", "guided": "Guided backprop", "gradient": "Gradient"}
-
-
-@dataclass(frozen=True)
-class SetChoice:
-    """Which image set the set views use: ``spec`` reopens it anywhere (a job, another session)."""
-
-    source: str
-    spec: str  # "bundled", "concepts", "zip:<digest>", or a folder path ("" when not given yet)
-
-    @property
-    def ready(self) -> bool:
-        return bool(self.spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,73 +74,13 @@ def layer_control(handle: ModelHandle, column, *, default: str | None = None, ke
                                               "ones parts and objects.")
 
 
-def folders_allowed() -> bool:
-    """A folder on the server is offered only when the app runs on this machine (a user of a shared
-    server must not browse its disk)."""
-    import os
-
-    if os.environ.get("GLASSBOX_ALLOW_FOLDERS", "").strip() in ("1", "true", "yes"):
-        return True
-    try:
-        host = (st.context.url or "").split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    except Exception:  # an AppTest run has no request: it runs locally
-        return True
-    return host in ("", "localhost", "127.0.0.1", "::1", "[::1]")
-
-
 def set_controls() -> SetChoice:
-    """The image set of the set views: source, then the ZIP or path it needs; its size on screen."""
-    sources = [s for s in SOURCES if folders_allowed() or s not in ("folder", "broden")]
-    left, right = st.columns([2, 3])
-    source = url_widget(left.selectbox, "Image set", key="an_source", param="set", default="crops",
-                        options=sources, format_func=SOURCES.get,
-                        help="Bundled: every real photo that ships with Glassbox (20, not ImageNet). Crops: 500 "
-                             "random crops of them, at many scales (made once, about 10 s). Concept images: the dissection page's drawn colours, textures and shapes on photos. "
-                             "A ZIP: your own images. A folder or a Broden folder: when the app runs on your machine.")
-    spec = source if source in ("bundled", "crops", "concepts") else ""
-    if source == "zip":
-        spec = zip_control(right)
-    elif source in ("folder", "broden"):
-        placeholder = "/data/broden1_224" if source == "broden" else "/data/my_photos"
-        spec = url_widget(right.text_input, "Folder", key="an_path", param="folder", default="",
-                          placeholder=placeholder).strip()
-    return SetChoice(source, spec)
-
-
-def zip_control(column) -> str:
-    from engine import imagesets
-
-    uploaded = column.file_uploader(
-        f"ZIP of images (up to {imagesets.MAX_ZIP_BYTES >> 20} MB and {imagesets.MAX_ZIP_MEMBERS} images)",
-        type=["zip"], key="an_zip")
-    if uploaded is None:
-        remembered = st.session_state.get("an_zip_spec")
-        return remembered or ""
-    try:
-        spec = cache.zip_image_set(uploaded.getvalue(), uploaded.name)
-    except GlassboxError as error:
-        column.error(f"{uploaded.name}: {error}")
-        return ""
-    st.session_state["an_zip_spec"] = spec
-    return spec
+    """The image set of the set views (crops of the bundled photos by default)."""
+    return image_set_controls(key_prefix="an", default="crops", sources=SOURCES)
 
 
 def open_set(handle: ModelHandle, choice: SetChoice):
-    """The chosen set, described on screen (size first, so 20 photos are not mistaken for ImageNet);
-    None with a sentence when it cannot be opened."""
-    if not choice.ready:
-        st.info("Upload a ZIP of images first." if choice.source == "zip" else "Type the folder's path first.")
-        return None
-    try:
-        imageset = cache.image_set(choice.spec, handle.input_size)
-    except GlassboxError as error:
-        st.error(str(error))
-        return None
-    st.caption(f"**Image set:** {imageset.describe()}")
-    if imageset.skipped:
-        with st.expander(f"{len(imageset.skipped)} file(s) skipped"):
-            st.dataframe([{"file": name, "why": why} for name, why in imageset.skipped], hide_index=True)
-    return imageset
+    return open_image_set(handle, choice)
 
 
 def features_job(handle: ModelHandle, choice: SetChoice, imageset, layers: tuple[str, ...], *,

@@ -24,6 +24,7 @@ EGYPTIAN_CAT = 285
 GAUSSIAN_NAME = "gaussian"
 GAUSSIAN_DIGEST = f"gaussian-seed-{relabel.GAUSSIAN_SEED}"
 DEFAULT_CAP, DEFAULT_STEPS, DEFAULT_EPSILON = 0.01, 300, 4
+PANDA_SAMPLE, PANDA_EPSILON = "chelsea", 2  # the lecture's panda -> gibbon: eps .007 of the range is about 2 levels
 SECOND_NETWORKS = ("efficientnet_lite1", "efficientnet_lite0")  # sec. 3.1's "another network"
 TONES = {"success": st.success, "warning": st.warning, "info": st.info}
 
@@ -50,7 +51,7 @@ class RelabelSettings:
     """What the controls chose; all of it is in the page's link."""
 
     attack: str  # a key of attacks.ATTACKS
-    target: int
+    target: int | None  # None: untargeted, away from the image's own class (the lecture's panda -> gibbon)
     cap: float
     max_steps: int
     epsilon: int
@@ -81,7 +82,7 @@ def start_image(handle: models.ModelHandle, name: str, digest: str, data: bytes 
 
 def preset_buttons(handle: models.ModelHandle) -> None:
     with st.expander("Presets from the paper", icon=":material/school:"):
-        p1, p2 = st.columns(2)
+        p1, p2, p3 = st.columns(3)
         if p1.button("The cat turned into a half-track", width="stretch"):
             use_preset(handle, sample="chelsea", target=HALF_TRACK)
         p1.caption("Fig. 1's 'half-track', on the chelsea photo.")
@@ -89,6 +90,10 @@ def preset_buttons(handle: models.ModelHandle) -> None:
             # the espresso becomes an Egyptian cat; the cat's run is shown beside it
             use_preset(handle, sample="coffee", target=EGYPTIAN_CAT, swap=True)
         p2.caption("The espresso becomes an Egyptian cat and the cat becomes an espresso, side by side.")
+        if p3.button("Panda → gibbon: untargeted FGSM", width="stretch"):
+            use_untargeted_preset(handle, sample=PANDA_SAMPLE, method=attacks.FGSM.key, epsilon=PANDA_EPSILON)
+        p3.caption(f"The lecture's first slide: one step of ε = {PANDA_EPSILON} levels (about .007 of the range) "
+                   f"away from the photo's own class, on {PANDA_SAMPLE}.")
 
 
 def use_preset(handle: models.ModelHandle, *, sample: str, target: int, swap: bool = False) -> None:
@@ -98,8 +103,22 @@ def use_preset(handle: models.ModelHandle, *, sample: str, target: int, swap: bo
     st.session_state.pop(f"_class_target_{handle.name}", None)
     set_url_value("target", str(target))
     set_url_value("method", None)  # the default, relabel
+    set_url_value("untargeted", None)
     if swap:
         set_url_value("swap", "1")
+    st.rerun()
+
+
+def use_untargeted_preset(handle: models.ModelHandle, *, sample: str, method: str, epsilon: int) -> None:
+    """The lecture's panda -> gibbon: an untargeted attack on a bundled photo."""
+    st.session_state["_next_sample"] = sample
+    st.session_state["rl_method"] = method
+    st.session_state["rl_untargeted"] = True
+    st.session_state["rl_epsilon"] = epsilon
+    set_url_value("method", method)
+    set_url_value("untargeted", "1")
+    set_url_value("epsilon", str(epsilon))
+    set_url_value("swap", None)
     st.rerun()
 
 
@@ -127,12 +146,27 @@ def relabel_controls(handle: models.ModelHandle, start: StartImage) -> tuple[Rel
                 epsilon = url_widget(st.number_input, "ε for FGSM/PGD (levels)", key="rl_epsilon", param="epsilon",
                                      default=DEFAULT_EPSILON, parse=int, min_value=1, max_value=64)
             run = st.form_submit_button("Run", type="primary")
-    settings = RelabelSettings(attack=attack.key, target=int(target), cap=float(cap), max_steps=int(max_steps),
+    settings = RelabelSettings(attack=attack.key, target=None if target is None else int(target), cap=float(cap), max_steps=int(max_steps),
                                epsilon=int(epsilon), swap=url_value("swap") == "1")
     return settings, run
 
 
-def target_control(handle: models.ModelHandle, start: StartImage, attack: type[attacks.Attack]) -> int:
+def can_untarget(attack: type[attacks.Attack]) -> bool:
+    """An attack that runs away from the image's own class when given no target (FGSM, PGD, ...)."""
+    return not attack.needs_target and not attack.own_target
+
+
+def target_control(handle: models.ModelHandle, start: StartImage, attack: type[attacks.Attack]) -> int | None:
+    """The class to push towards; None for an untargeted run."""
+    if can_untarget(attack) and not getattr(attack, "targeted", True):  # untargeted by nature (DeepFool)
+        st.markdown("This method is **untargeted**: it pushes the image across the nearest boundary, to "
+                    "whichever class is closest.")
+        return None
+    if can_untarget(attack) and url_widget(
+            st.toggle, "Untargeted: push away from the image's own class (the lecture's panda → gibbon)",
+            key="rl_untargeted", param="untargeted", default=False, parse=parse_bool, dump=dump_bool,
+            help="x ← x + ε·sgn ∇L(x, y*): raise the loss of the class the model sees now, whatever class wins."):
+        return None
     if attack.own_target:  # least-likely: the image decides its target
         target = cache.attack_target(handle.name, start.digest, start.data, attack.key)
         st.markdown(f"Turn this image into its **{attack.own_target}** class: "
@@ -146,12 +180,13 @@ def target_control(handle: models.ModelHandle, start: StartImage, attack: type[a
 # Jobs
 
 
-def job_key(handle: models.ModelHandle, settings: RelabelSettings, start: StartImage, target: int) -> str:
+def job_key(handle: models.ModelHandle, settings: RelabelSettings, start: StartImage, target: int | None) -> str:
     config = json.dumps(settings.config().as_dict(), sort_keys=True)
     return "|".join(["relabel", handle.name, start.digest, str(target), settings.attack, config])
 
 
-def launch(handle: models.ModelHandle, settings: RelabelSettings, start: StartImage, target: int, title: str) -> None:
+def launch(handle: models.ModelHandle, settings: RelabelSettings, start: StartImage, target: int | None,
+           title: str) -> None:
     attack = attacks.get_attack(settings.attack)
     start_job(job_key(handle, settings, start, target), attack.run, handle, start.tensor(handle), target,
               settings.config(), title=title, records=True)
@@ -179,7 +214,7 @@ def steps_figure(handle: models.ModelHandle, target_prob, original_prob, distort
                                       original_label=names[original_class], cap=cap)
 
 
-def live_steps(handle: models.ModelHandle, target: int, cap: float | None) -> Callable[[jobs.JobStatus], None]:
+def live_steps(handle: models.ModelHandle, target: int | None, cap: float | None) -> Callable[[jobs.JobStatus], None]:
     """The live view of a running job: its steps so far, from the job's own records."""
     def live(status: jobs.JobStatus) -> None:
         records = status.records
@@ -215,7 +250,7 @@ def render_result(handle: models.ModelHandle, status: jobs.JobStatus, start: Sta
 
 
 def render_before_after(handle: models.ModelHandle, ranking: models.Prediction, result: attacks.AttackResult,
-                        target: int) -> None:
+                        target: int | None) -> None:
     b1, b2 = st.columns(2)
     b1.plotly_chart(plots.topk_bar(ranking.top(5), highlight=target, title="Before"), width="stretch",
                     key="before_bar")
@@ -223,7 +258,7 @@ def render_before_after(handle: models.ModelHandle, ranking: models.Prediction, 
                     width="stretch", key="after_bar")
 
 
-def render_steps(handle: models.ModelHandle, result: attacks.AttackResult, target: int) -> None:
+def render_steps(handle: models.ModelHandle, result: attacks.AttackResult, target: int | None) -> None:
     figure = steps_figure(handle, result.target_prob, result.original_prob, result.distortion, target=target,
                           original_class=result.original_class, cap=result.config.get("cap"))
     st.plotly_chart(figure, width="stretch", key="steps_plot")
@@ -285,10 +320,11 @@ def main() -> None:
     target, own_class = settings.target, ranking.indices[0]
     partner = swap_partner(handle, selection, start, settings)
     already = not attack.own_target and own_class == target
+    goal = names[target] if target is not None else f"anything but {names[own_class]}"
     if already:
         st.info(f"The model already calls this image a {names[target]}: pick another class to relabel it into.")
     elif run:
-        launch(handle, settings, start, target, f"{attack.label} → {names[target]}")
+        launch(handle, settings, start, target, f"{attack.label} → {goal}")
         if partner is not None:
             launch(handle, settings, partner, own_class, f"{partner.name} → {names[own_class]}")
     if not already:
@@ -299,8 +335,9 @@ def main() -> None:
             render_result(handle, status, start)
             render_before_after(handle, ranking, result, target)
             render_steps(handle, result, target)
-            render_gradients(handle, start, target)
-            render_limits(handle, result, target)
+            if target is not None:
+                render_gradients(handle, start, target)
+            render_limits(handle, result, target if target is not None else result.final_class)
     if partner is not None:
         render_swap(handle, settings, partner, own_class)
 

@@ -291,6 +291,9 @@ def _preset_names() -> list[str]:
     return list(PRESETS)
 
 
+LAB_COMMANDS = ("attack_cli", "universal_cli", "defences_cli", "blackbox_cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Glassbox experiments without the web page.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -369,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .anatomy_cli import add_parser as add_anatomy_parser
 
     add_anatomy_parser(commands)
+    import importlib
+    import importlib.util
+
+    for module in LAB_COMMANDS:  # the attacks lab's verbs: attack, uap, transfer, defend, blackbox
+        if importlib.util.find_spec(f"engine.{module}") is not None:
+            importlib.import_module(f"engine.{module}").add_parser(commands)
     p = commands.add_parser("models", help="list the models this machine can use")
     p.set_defaults(run=cmd_models)
     p = commands.add_parser("methods", help="the saliency methods and attacks, with their settings (from the registries)")

@@ -435,9 +435,9 @@ def _held_out_files() -> list[tuple[str, Path]]:
     return [(label, path) for label, path in files if path.is_file()]
 
 
-HELD_OUT_CREDITS = ("Held-out photos: scikit-learn's sample images (china.jpg, flower.jpg; CC BY 2.0, Flickr) and "
-                    "matplotlib's sample data (grace_hopper.jpg, public domain; Minduka_Present_Blue_Pack.png, "
-                    "CC0). See assets/CREDITS.md.")
+HELD_OUT_CREDITS = ("Held-out photos: scikit-learn's sample images (china.jpg by danielbuechele, flower.jpg by "
+                    "vultilion; CC BY 2.0, Flickr) and matplotlib's sample data (grace_hopper.jpg, public domain; "
+                    "Minduka_Present_Blue_Pack.png, CC0). See assets/CREDITS.md.")
 
 
 def held_out_photos(n: int = HELD_OUT_PHOTOS, *, size: int = 224, seed: int = 0, progress: Progress | None = None

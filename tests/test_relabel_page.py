@@ -133,3 +133,19 @@ def test_least_likely_names_its_own_target_and_links_keep_bad_numbers_out():
     assert any("its **least likely** class" in m.value for m in at.markdown)
     assert any("cap='7' is not a valid setting" in w.value for w in at.warning)
     assert next(n for n in at.number_input if n.label.startswith("Distortion cap")).value == 0.01
+
+
+def test_the_panda_to_gibbon_preset_runs_untargeted_fgsm():
+    """The lecture's first slide: one FGSM step away from the photo's own class, no target chosen."""
+    at = open_page()
+    next(b for b in at.button if b.label.startswith("Panda → gibbon")).click().run()
+    assert not at.exception, at.exception
+    assert next(s for s in at.sidebar.selectbox if s.label == "Sample image").value == "chelsea"
+    assert next(t for t in at.toggle if t.label.startswith("Untargeted")).value
+    assert next(n for n in at.number_input if n.label.startswith("ε")).value == 2
+    assert not any(s.label == "Turn this image into a:" for s in at.selectbox)
+    next(b for b in at.button if b.label == "Run").click().run()
+    finish(at)
+    info = next(i.value for i in at.info if "FGSM (one step): the model now says" in i.value)
+    assert "Egyptian cat" not in info  # the label moved away from the photo's own class
+    assert at.query_params["untargeted"] == "1" and at.query_params["method"] == "fgsm"
