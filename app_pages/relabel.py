@@ -167,10 +167,15 @@ def target_control(handle: models.ModelHandle, start: StartImage, attack: type[a
             key="rl_untargeted", param="untargeted", default=False, parse=parse_bool, dump=dump_bool,
             help="x ← x + ε·sgn ∇L(x, y*): raise the loss of the class the model sees now, whatever class wins."):
         return None
-    if attack.own_target:  # least-likely: the image decides its target
+    if attack.own_target:  # least-likely (or most-likely): the image decides its target
         target = cache.attack_target(handle.name, start.digest, start.data, attack.key)
-        st.markdown(f"Turn this image into its **{attack.own_target}** class: "
-                    f"**{handle.class_names[target]}** ({target}).")
+        if attack.own_target == "most likely":
+            st.markdown(f"Push this image further into the class it already has, **{handle.class_names[target]}** "
+                        f"({target}): the change shows the pixels that support that label (the lecture's "
+                        "*adversarial samples vs. interpretability*).")
+        else:
+            st.markdown(f"Turn this image into its **{attack.own_target}** class: "
+                        f"**{handle.class_names[target]}** ({target}).")
         return target
     return class_picker(handle, label="Turn this image into a:", key="target", default=HALF_TRACK,
                         help="Type to search the class names.")

@@ -12,6 +12,14 @@ function, :meth:`Attack.perturb`. Every run returns the same :class:`AttackResul
 * ``fgsm`` / ``pgd`` -- the lecture's ("Fooling ConvNets") FGSM and PGD, through captum, in 8-bit
   levels; untargeted (away from the image's own class) or towards a target.
 * ``leastlikely`` -- targeted PGD towards the class the model finds least likely.
+* ``mostlikely`` -- the lecture's "Adversarial samples vs. interpretability": one step *down* the
+  loss of the image's own top class, ``x <- x - eps sgn(dL(x, y_top)/dx)``; it shows the pixels that
+  support the label the model already gives.
+* ``bim`` / ``ll`` -- Kurakin, Goodfellow & Bengio (ICLR 2017 workshop): the basic iterative method
+  and the iterative least-likely class method, steps of one level, ``min(eps + 4, 1.25 eps)`` steps.
+* ``deepfool`` / ``lbfgs`` -- minimal L2 perturbations (:mod:`engine.minimal`): DeepFool
+  (Moosavi-Dezfooli et al. 2016) and Szegedy et al.'s box-constrained L-BFGS (2014), put on the
+  8-bit grid so that the saved image keeps its new label.
 
 Each step's record (target and original probability, top-1, distortion) comes from the forward
 pass the step's gradient comes from, so watching a run costs nothing extra; ``observer`` (a page's
@@ -42,7 +50,9 @@ CAP_REACHED = "cap reached"
 STEP_LIMIT = "step limit reached"
 LABEL_CHANGED = "label changed"
 LABEL_KEPT = "label kept"
-SUCCEEDED = (RELABELLED, LABEL_CHANGED)
+CONFIDENCE_RAISED = "confidence raised"  # the most-likely method: the own label got surer
+CONFIDENCE_NOT_RAISED = "confidence not raised"
+SUCCEEDED = (RELABELLED, LABEL_CHANGED, CONFIDENCE_RAISED)
 
 Observer = Any  # anything with .append(dict): a list, or a job's RecordLog
 
@@ -188,6 +198,7 @@ class Attack:
     Config: ClassVar[type]  # a frozen dataclass with as_dict() and check()
     needs_target: ClassVar[bool] = False  # True: cannot run without a target class (relabel)
     own_target: ClassVar[str | None] = None  # the target it picks for itself, e.g. "least likely"
+    targeted: ClassVar[bool] = True  # False: it never takes a target (DeepFool crosses the nearest boundary)
 
     @classmethod
     def run(cls, handle: ModelHandle, x: torch.Tensor, target: int | str | None = None, config: Any = None,
@@ -225,6 +236,8 @@ class Attack:
     @classmethod
     def choose_target(cls, handle: ModelHandle, x: torch.Tensor, target: int | str | None) -> int | None:
         """The class to push towards (an id), or None for an untargeted run."""
+        if target is not None and not cls.targeted:
+            raise ConfigError(f"{cls.label} takes no target: it crosses the nearest boundary, whichever class lies there.")
         if target is None:
             if cls.needs_target:
                 raise ConfigError(f"{cls.label} needs a target class.")
@@ -427,15 +440,223 @@ def least_likely_class(handle: ModelHandle, x: torch.Tensor) -> int:
     return int(handle.probabilities(x[:1])[0].argmin())
 
 
-@register
-class LeastLikely(PGD):
-    """Targeted PGD towards the class the model finds least likely: the hardest label to reach."""
+class _TowardsLeastLikely:
+    """Mixin: the attack picks the class the model finds least likely as its own target."""
 
-    key, label, own_target = "leastlikely", "Least-likely class (targeted PGD)", "least likely"
+    own_target = "least likely"
 
     @classmethod
     def choose_target(cls, handle, x, target):
         return least_likely_class(handle, x)
+
+
+@register
+class LeastLikely(_TowardsLeastLikely, PGD):
+    """Targeted PGD towards the class the model finds least likely: the hardest label to reach."""
+
+    key, label = "leastlikely", "Least-likely class (targeted PGD)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The lecture's most-likely method, and Kurakin et al.'s iterative methods
+
+
+def most_likely_class(handle: ModelHandle, x: torch.Tensor) -> int:
+    """The class the model is most confident of for this image (the most-likely method's label)."""
+    return int(handle.probabilities(x[:1])[0].argmax())
+
+
+@register
+class MostLikely(FGSM):
+    """The lecture's "Adversarial samples vs. interpretability": one step of ``epsilon`` levels down
+    the loss of the image's own top class, ``x <- x - eps sgn(dL(x, y_top)/dx)``. It changes the
+    pixels that support the current label, so the model grows surer of it."""
+
+    key, label, own_target = "mostlikely", "Most likely class (the pixels behind the label)", "most likely"
+
+    @classmethod
+    def choose_target(cls, handle, x, target):
+        return most_likely_class(handle, x)
+
+    @classmethod
+    def perturb(cls, handle, original, target, config, trail):
+        final, _ = super().perturb(handle, original, target, config, trail)
+        trail.finish(handle, final)
+        kept = trail.columns["top1"][-1] == target
+        raised = trail.columns["original"][-1] > trail.columns["original"][0]
+        return final, CONFIDENCE_RAISED if kept and raised else CONFIDENCE_NOT_RAISED
+
+    @classmethod
+    def verdict(cls, result, class_names):
+        name = class_names[result.original_class]
+        before, after = result.original_prob[0], result.original_prob[-1]
+        if result.succeeded:
+            return Verdict("success", f"The model's confidence in **{name}** went up from {before:.3f} to {after:.3f}: "
+                                      f"the {result.linf_levels}-level change strengthens the pixels that support this label.")
+        return Verdict("warning", f"The model's confidence in **{name}** did not go up ({before:.3f} → {after:.3f}, "
+                                  f"top-1 now {class_names[result.final_class]}); try a smaller ε.")
+
+
+@dataclass(frozen=True)
+class BIMConfig:
+    """Kurakin et al.'s iterative methods: steps of one level inside the L-inf ball of ``epsilon``
+    levels; ``steps=None`` takes their ``min(eps + 4, 1.25 eps)``."""
+
+    epsilon: int = 4  # L-inf radius in levels
+    steps: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if self.epsilon < 1 or (self.steps is not None and self.steps < 1):
+            raise ConfigError("Epsilon and the number of steps must each be at least 1.")
+
+    @property
+    def step_count(self) -> int:
+        from .lab import kurakin_steps
+
+        return self.steps or kurakin_steps(self.epsilon)
+
+
+@register
+class BIM(_BudgetAttack):
+    """Kurakin et al. (2017), basic iterative method: ``x <- Clip_eps(x + 1 level sgn(dL(x, y_true)/dx))``,
+    PGD without a random start, with step and step count set by the paper."""
+
+    key, label, Config = "bim", "BIM (basic iterative method, Kurakin et al.)", BIMConfig
+
+    @classmethod
+    def planned_steps(cls, config):
+        return config.step_count
+
+    @classmethod
+    def captum_attack(cls, forward, x, label, targeted, config):
+        steps = PGDConfig(epsilon=config.epsilon, step=1, steps=config.step_count)
+        return PGD.captum_attack(forward, x, label, targeted, steps)
+
+
+@register
+class IterativeLeastLikely(_TowardsLeastLikely, BIM):
+    """Kurakin et al. (2017), iterative least-likely class method: BIM's steps *down* the loss of the
+    class the model finds least likely, ``x <- Clip_eps(x - 1 level sgn(dL(x, y_LL)/dx))``."""
+
+    key, label = "ll", "Iterative least-likely class (Kurakin et al.)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Minimal perturbations (engine.minimal): DeepFool and L-BFGS, on the 8-bit grid
+
+
+@dataclass(frozen=True)
+class DeepFoolConfig:
+    """DeepFool (Moosavi-Dezfooli et al. 2016, Alg. 2): the ``candidates`` most likely classes, each
+    step overshot by ``overshoot``, at most ``max_iter`` steps."""
+
+    candidates: int = 10
+    overshoot: float = 0.02
+    max_iter: int = 50
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if self.candidates < 2 or self.max_iter < 1 or self.overshoot < 0:
+            raise ConfigError("DeepFool needs at least 2 candidate classes, at least 1 iteration and an overshoot of 0 or more.")
+
+
+@dataclass(frozen=True)
+class LBFGSConfig:
+    """Szegedy et al. (2014), sec. 4.1: ``c_steps`` values of the penalty weight c from ``c_init``,
+    at most ``max_iter`` L-BFGS-B iterations each."""
+
+    c_init: float = 10.0
+    c_steps: int = 8
+    max_iter: int = 30
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if self.c_init <= 0 or self.c_steps < 1 or self.max_iter < 1:
+            raise ConfigError("L-BFGS needs c above 0, at least 1 value of c and at least 1 iteration.")
+
+
+# DeepFool stops just past the boundary, often less than half a level per value, so rounding to the
+# 8-bit grid can undo it: these extra overshoots are tried in turn (one forward pass each).
+GRID_FACTORS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+
+
+def l2_levels(result: AttackResult) -> float:
+    """The L2 norm of the final change, in 8-bit levels (divide by 255 for [0, 1] units)."""
+    return float(np.linalg.norm(result.image.astype(np.float64) - result.original.astype(np.float64)))
+
+
+class _MinimalAttack(Attack):
+    """DeepFool and L-BFGS: the :mod:`engine.minimal` function on a forward function that records
+    every pass it makes (one record per forward pass, as for every attack)."""
+
+    @classmethod
+    def watching(cls, handle: ModelHandle, trail: Trail) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(image: torch.Tensor) -> torch.Tensor:
+            logits = handle.logits(image)
+            trail.observe(image, logits)
+            return logits
+        return forward
+
+    @classmethod
+    def verdict(cls, result, class_names):
+        size = f"L2 norm {l2_levels(result) / 255:.4f} ({l2_levels(result):.1f} levels)"
+        if result.succeeded:
+            return Verdict("success", f"{cls.label}: the model now says **{class_names[result.final_class]}** "
+                                      f"instead of {class_names[result.original_class]}, after a change of {size}, "
+                                      f"largest {result.linf_levels} levels.")
+        return Verdict("warning", f"{cls.label} did not change the label (still **{class_names[result.final_class]}**, "
+                                  f"change of {size}); allow more iterations.")
+
+
+@register
+class DeepFool(_MinimalAttack):
+    """DeepFool (:func:`engine.minimal.deepfool`), untargeted: the nearest boundary of the linearised
+    classifier, step after step; then onto the 8-bit grid with the smallest extra overshoot of
+    :data:`GRID_FACTORS` that keeps the new label."""
+
+    key, label, Config, targeted = "deepfool", "DeepFool (minimal L2, untargeted)", DeepFoolConfig, False
+
+    @classmethod
+    def perturb(cls, handle, original, target, config, trail):
+        from .minimal import deepfool
+
+        found = deepfool(cls.watching(handle, trail), original, candidates=config.candidates,
+                         overshoot=config.overshoot, max_iter=config.max_iter, progress=trail.progress)
+        image = None
+        for factor in GRID_FACTORS:
+            candidate = images.quantize(original + factor * found.perturbation)
+            if image is not None and torch.equal(candidate, image):
+                continue
+            image = candidate
+            with torch.inference_mode():
+                probs = trail.observe(image, handle.logits(image))
+            if int(probs.argmax()) != trail.original_class:
+                break
+        return image, None
+
+
+@register
+class LBFGS(_MinimalAttack):
+    """Szegedy et al. (2014), box-constrained L-BFGS (:func:`engine.minimal.lbfgs`): the smallest
+    ``c |r|^2 + loss`` minimiser that still has the wanted label on the 8-bit grid. Untargeted by
+    default (any label but the image's own); give a target to aim at one class."""
+
+    key, label, Config = "lbfgs", "L-BFGS (Szegedy et al., minimal L2)", LBFGSConfig
+
+    @classmethod
+    def perturb(cls, handle, original, target, config, trail):
+        from .minimal import lbfgs
+
+        found = lbfgs(cls.watching(handle, trail), original, target, c_init=config.c_init, c_steps=config.c_steps,
+                      max_iter=config.max_iter, progress=trail.progress)
+        return found.adversarial, None
 
 
 # ---------------------------------------------------------------------------------------------

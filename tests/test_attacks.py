@@ -26,9 +26,17 @@ def noise() -> torch.Tensor:
     return torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
+# The target each entry that picks its own should pick (every other entry takes the test's).
+OWN_TARGETS = {
+    "leastlikely": attacks.least_likely_class,
+    "ll": attacks.least_likely_class,
+    "mostlikely": attacks.most_likely_class,
+}
+
+
 def target_for(attack: type[attacks.Attack], handle, x: torch.Tensor) -> int | None:
-    """A class other than the image's own (None for an attack that picks its own)."""
-    if attack.own_target:
+    """A class other than the image's own (None for an attack that picks its own or takes none)."""
+    if attack.own_target or not attack.targeted:
         return None
     return (int(handle.probabilities(x)[0].argmax()) + 1) % handle.num_classes
 
@@ -62,7 +70,7 @@ def test_every_attack_runs_through_the_one_verb(tiny, noise, key):
     assert result.original_class == int(tiny.probabilities(x)[0].argmax())
     assert result.linf_levels == np.abs(result.image.astype(int) - result.original.astype(int)).max()
     if attack.own_target:
-        assert result.target == attacks.least_likely_class(tiny, x)
+        assert result.target == OWN_TARGETS[key](tiny, x)
     # config round trip, and the fields `python -m engine methods --json` lists
     assert attack.Config(**result.config) == config and attack.make_config(**result.config) == config
     described = next(entry for entry in attacks.describe() if entry["key"] == key)
@@ -127,6 +135,8 @@ FAR_RUNS = {  # planned records (steps + 1) of a run that cannot end early
     "relabel": (R.RelabelConfig(cap=None, max_steps=40), 41),
     "fgsm": (attacks.FGSMConfig(epsilon=4), 2),
     "pgd": (attacks.PGDConfig(steps=40), 41),
+    "bim": (attacks.BIMConfig(epsilon=4, steps=40), 41),
+    "lbfgs": (attacks.LBFGSConfig(c_steps=4, max_iter=10), 1 + 4 * (2 * 10 + 1) + 1),  # evaluations, grid checks
 }
 
 
@@ -230,8 +240,8 @@ def test_least_likely_is_the_argmin_and_unknown_attacks_get_sentences(tiny):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     probs = tiny.probabilities(x)[0]
     assert attacks.least_likely_class(tiny, x) == int(np.argmin(probs))
-    with pytest.raises(ConfigError, match="no attack called 'deepfool'"):
-        attacks.get_attack("deepfool")
+    with pytest.raises(ConfigError, match="no attack called 'carliniwagner'"):
+        attacks.get_attack("carliniwagner")
     with pytest.raises(ConfigError, match="Did you mean pgd"):
         attacks.get_attack("pgdd")
     assert attacks.get_attack("FGSM") is attacks.FGSM
