@@ -71,6 +71,10 @@ PAGES: tuple[PageEntry, ...] = (
               "A classifier that must redraw what it sees (Berntsen et al.): estimate a 3D object's rotation, draw it, "
               "compare the drawing with the image; its error rates, and how much harder it is to fool than a direct "
               "network."),
+    PageEntry("app_pages/attacks_lab.py", "Attacks lab", ":material/bug_report:", "attacks_lab",
+              "The lecture's fooling half on many images and models: universal perturbations, transfer between "
+              "networks, accuracy against ε, the smallest change that flips a label, effort to flip, a black-box "
+              "attack, and the defences with the attacks that see through them."),
 )
 
 

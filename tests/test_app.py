@@ -52,7 +52,7 @@ def test_home_page_lists_only_existing_pages_and_the_model():
     assert sidebar_select(at, "Model").value == models.DEFAULT_MODEL
     assert sidebar_select(at, "Sample image").value == "chelsea"
     links = [link.proto.label for link in at.get("page_link")]
-    assert links == ["**Classify**", "**Anatomy**", "**Relabel**", "**Saliency**", "**Class inversion**", "**Dissection**", "**Patterns**", "**Mind's Eye**"]  # only pages that exist, no placeholders
+    assert links == ["**Classify**", "**Anatomy**", "**Relabel**", "**Saliency**", "**Class inversion**", "**Dissection**", "**Patterns**", "**Mind's Eye**", "**Attacks lab**"]  # only pages that exist, no placeholders
     assert any("five most likely ImageNet classes" in m.value for m in at.markdown)
     sidebar_select(at, "Sample image").set_value("astronaut").run()
     sidebar_select(at, "Model").set_value("efficientnet_lite1").run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine import images
@@ -12,7 +13,7 @@ from tests.browser import chromium_page, click_and_wait, reload_mid_run, screens
 
 pytestmark = pytest.mark.browser
 
-NAV = ["Home", "Classify", "Anatomy", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye"]
+NAV = ["Home", "Classify", "Anatomy", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye", "Attacks lab"]
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +296,55 @@ def test_anatomy_page_views(server, tmp_path):
         assert "photos/" in page.locator('[data-testid="stSidebar"]').inner_text()  # the member is now the image
         assert not page.get_by_text("Traceback").count()
         screenshot(page, "anatomy-embedding-clicked")
+
+
+def test_attacks_lab_views(server, tmp_path):
+    """Every view of the Attacks lab on lite0 over three photos (small settings, so each job takes seconds)."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(np.asarray(images.load_sample(name))[:300, :300]).resize((128, 128)).save(folder / f"{name}.png")
+    photos = f"set=folder&set_folder={folder}"
+    with chromium_page() as page:
+        page.goto(f"{server}/attacks_lab?view=universal&train=folder&train_folder={folder}&passes=1")
+        wait_for_app(page, "Held-out set:")
+        assert sidebar_nav_labels(page) == NAV
+        click_and_wait(page, "Compute the perturbation", "Fooling rate, held-out set", timeout_ms=300_000)
+        assert page.get_by_text("the perturbation, stretched").count()
+        screenshot(page, "attacks-lab-universal")
+
+        page.goto(f"{server}/attacks_lab?view=transfer&models=efficientnet_lite0,efficientnet_lite1&kind=per-image"
+                  f"&strength=2&{photos}")
+        wait_for_app(page, "Measured on:")
+        click_and_wait(page, "Build the table", "The diagonal is the white-box rate", timeout_ms=300_000)
+        screenshot(page, "attacks-lab-transfer")
+
+        page.goto(f"{server}/attacks_lab?view=curves&methods=fgsm,bim&eps=2,4&{photos}")
+        wait_for_app(page, "stands in for")
+        click_and_wait(page, "Run the comparison", "Top-1 agreement", timeout_ms=300_000)
+        screenshot(page, "attacks-lab-curves")
+
+        page.goto(f"{server}/attacks_lab?view=minimal")
+        wait_for_app(page, "Run all three")
+        click_and_wait(page, "Run all three", "‖r‖₂", timeout_ms=300_000)
+        page.get_by_text("([0, 1] units)").nth(2).wait_for(timeout=300_000)  # L-BFGS's search over c ends last
+        wait_for_app(page)
+        screenshot(page, "attacks-lab-minimal")
+
+        page.goto(f"{server}/attacks_lab?view=effort&models=efficientnet_lite0&steps=20&{photos}")
+        wait_for_app(page, "Image set:")
+        click_and_wait(page, "Push every image", "ImageNet models on this set", timeout_ms=300_000)
+        screenshot(page, "attacks-lab-effort")
+
+        page.goto(f"{server}/attacks_lab?view=blackbox&epochs=2")
+        wait_for_app(page, "top-1 label")
+        click_and_wait(page, "Run the black-box attack", "Oracle queries", timeout_ms=300_000)
+        screenshot(page, "attacks-lab-blackbox")
+
+        page.goto(f"{server}/attacks_lab?view=defences&transform=bits:3&{photos}")
+        wait_for_app(page, "Image set:")
+        click_and_wait(page, "Attack the defence", "The transform alone keeps", timeout_ms=300_000)
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "attacks-lab-defences")
