@@ -171,7 +171,7 @@ def render_uap(handle: ModelHandle, record: dict, train: SetChoice, held: SetCho
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Fooling rate, training set", percent(record["fooling_rate_train"]), help=f"{record['n_train']} images")
     m2.metric("Fooling rate, held-out set", percent(record["fooling_rate_heldout"]), help=f"{record['n_heldout']} images")
-    m3.metric("Passes", record["passes"])
+    m3.metric("Passes" if record["method"] == "deepfool" else "Minibatch steps", record["passes"])
     m4.metric("Time", f"{record['seconds']:.0f} s")
     perturbation = np.asarray(record["perturbation"], dtype=np.float32)
     example, after = lab_runs.uap_example(record, held.spec, handle.input_size, handle.class_names)

@@ -213,7 +213,7 @@ def main() -> None:
     train = imagesets.bundled_photos(size=handle.input_size)
     held = imagesets.held_out_photos(size=handle.input_size)
     x_train, x_held = lab.set_tensor(handle, train), lab.set_tensor(handle, held)
-    config = U.UniversalConfig(xi=XI, norm="inf", target=0.8, max_passes=passes)
+    config = U.UniversalConfig(xi=XI, norm="inf", target=0.8, max_passes=passes, method="deepfool")
     load = os.getloadavg()[0]
     print(f"efficientnet_lite0, {len(train)} bundled photos -> {len(held)} held-out photos, L-inf xi={XI}/255, "
           f"{torch.get_num_threads()} torch threads, load average {load:.2f} at start")
