@@ -471,15 +471,23 @@ def defend_set(handle: ModelHandle, imageset: ImageSet, config: DefenceConfig = 
     set key, settings) under :func:`engine.lab.result_dir`."""
     transform = config.check()
     settings = {**config.as_dict(), "transform": transform.spec, "limit": limit, "version": DEFENCES_VERSION}
-    folder = lab.result_dir("defence", handle.name, imageset.key, settings)
+    return _cached_on_set("defence", DefenceResult, evaluate_defence, handle, imageset, config, settings,
+                          limit=limit, fewest=1, progress=progress, use_cache=use_cache)
+
+
+def _cached_on_set(kind: str, result_type, run, handle: ModelHandle, imageset: ImageSet, config, settings: dict, *,
+                   limit: int | None, fewest: int, progress: Progress | None, use_cache: bool):
+    """``run(handle, x, config, ...)`` on a set's first ``limit`` images (at least ``fewest``), kept on
+    disk by (kind, model, set key, settings) under :func:`engine.lab.result_dir`."""
+    folder = lab.result_dir(kind, handle.name, imageset.key, settings)
     if use_cache:
-        found = _load(folder, DefenceResult)
+        found = _load(folder, result_type)
         if found is not None:
             report(progress, 1.0, "loaded from the cache")
             return found
-    stop = None if limit is None else max(1, min(int(limit), len(imageset)))
+    stop = None if limit is None else max(fewest, min(int(limit), len(imageset)))
     x = lab.set_tensor(handle, imageset, stop=stop)
-    result = evaluate_defence(handle, x, config, set_key=imageset.key, set_name=imageset.name, progress=progress)
+    result = run(handle, x, config, set_key=imageset.key, set_name=imageset.name, progress=progress)
     if use_cache:
         _save(folder, result.to_json(), {name: getattr(result, name) for name in result.ARRAYS})
     return result
@@ -867,18 +875,8 @@ def detect_set(handle: ModelHandle, imageset: ImageSet, config: DetectionConfig 
     """:func:`detect_relabelling` on a set's first ``limit`` photos, cached by (model, set key, settings)."""
     config.check()
     settings = {**config.as_dict(), "limit": limit, "version": DEFENCES_VERSION}
-    folder = lab.result_dir("detect", handle.name, imageset.key, settings)
-    if use_cache:
-        found = _load(folder, DetectionResult)
-        if found is not None:
-            report(progress, 1.0, "loaded from the cache")
-            return found
-    stop = None if limit is None else max(2, min(int(limit), len(imageset)))
-    x = lab.set_tensor(handle, imageset, stop=stop)
-    result = detect_relabelling(handle, x, config, set_key=imageset.key, set_name=imageset.name, progress=progress)
-    if use_cache:
-        _save(folder, result.to_json(), {name: getattr(result, name) for name in result.ARRAYS})
-    return result
+    return _cached_on_set("detect", DetectionResult, detect_relabelling, handle, imageset, config, settings,
+                          limit=limit, fewest=2, progress=progress, use_cache=use_cache)
 
 
 # ---------------------------------------------------------------------------------------------

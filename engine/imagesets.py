@@ -376,6 +376,16 @@ def broden_set(path, *, size: int | None = None, progress: Progress | None = Non
 PHOTO_CROPS = 500  # random crops of the bundled photos offered as a set
 
 
+def _random_square(photo: Image.Image, rng: np.random.Generator, share: tuple[float, float], size: int) -> np.ndarray:
+    """A random square of ``share`` (low, high) of the photo's shorter side, anywhere in it, resized to
+    ``size`` (uint8 size x size x 3)."""
+    side = int(min(photo.size) * rng.uniform(*share))
+    left = int(rng.integers(0, photo.size[0] - side + 1))
+    top = int(rng.integers(0, photo.size[1] - side + 1))
+    square = photo.crop((left, top, left + side, top + side))
+    return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS))
+
+
 def photo_crops(n: int = PHOTO_CROPS, *, size: int = 224, seed: int = 0, progress: Progress | None = None
                 ) -> ImageSet:
     """``n`` random square crops of the bundled photos (each a quarter to nine tenths of the photo's
@@ -393,17 +403,10 @@ def photo_crops(n: int = PHOTO_CROPS, *, size: int = 224, seed: int = 0, progres
     def crop(i: int) -> bytes:
         from .images import to_png_bytes
 
-        rng = np.random.default_rng([seed, i])
         which = i % len(files)
         if which not in decoded:  # each photo decoded once (the set is built once, then read from disk)
             decoded[which] = decode_image(files[which][1].read_bytes())
-        photo = decoded[which]
-        short = min(photo.size)
-        side = int(short * rng.uniform(0.25, 0.9))
-        left = int(rng.integers(0, photo.size[0] - side + 1))
-        top = int(rng.integers(0, photo.size[1] - side + 1))
-        square = photo.crop((left, top, left + side, top + side))
-        return to_png_bytes(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))  # small PNG
+        return to_png_bytes(_random_square(decoded[which], np.random.default_rng([seed, i]), (0.25, 0.9), size))
 
     return _build(key, source="crops", size=size, what=f"random crops of the {len(files)} bundled photos",
                   title="photo crops", credits=BUNDLED_CREDITS,
@@ -461,13 +464,7 @@ def held_out_photos(n: int = HELD_OUT_PHOTOS, *, size: int = 224, seed: int = 0,
         photo = decoded[which]
         if i < len(files):  # the whole photo first
             return to_png_bytes(fit_square(photo, size))
-        rng = np.random.default_rng([seed, i])
-        short = min(photo.size)
-        side = int(short * rng.uniform(0.5, 0.9))
-        left = int(rng.integers(0, photo.size[0] - side + 1))
-        top = int(rng.integers(0, photo.size[1] - side + 1))
-        square = photo.crop((left, top, left + side, top + side))
-        return to_png_bytes(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS)))
+        return to_png_bytes(_random_square(photo, np.random.default_rng([seed, i]), (0.5, 0.9), size))
 
     def label(i: int) -> str:
         name = files[i % len(files)][0]

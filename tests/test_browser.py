@@ -307,44 +307,28 @@ def test_attacks_lab_views(server, tmp_path):
     for name in ("chelsea", "coffee", "rocket"):
         Image.fromarray(np.asarray(images.load_sample(name))[:300, :300]).resize((128, 128)).save(folder / f"{name}.png")
     photos = f"set=folder&set_folder={folder}"
+    views = [  # (link, text once drawn, button, text of the result, screenshot)
+        (f"view=universal&train=folder&train_folder={folder}&passes=1", "Held-out set:", "Compute the perturbation",
+         "the perturbation, stretched", "universal"),
+        (f"view=transfer&models=efficientnet_lite0,efficientnet_lite1&kind=per-image&strength=2&{photos}",
+         "Measured on:", "Build the table", "The diagonal is the white-box rate", "transfer"),
+        (f"view=curves&methods=fgsm,bim&eps=2,4&{photos}", "stands in for", "Run the comparison", "Top-1 agreement",
+         "curves"),
+        ("view=minimal", "Run all three", "Run all three", "‖r‖₂ =", "minimal"),
+        (f"view=effort&models=efficientnet_lite0&steps=20&{photos}", "Image set:", "Push every image",
+         "ImageNet models on this set", "effort"),
+        ("view=blackbox&epochs=2", "top-1 label", "Run the black-box attack", "Oracle queries", "blackbox"),
+        (f"view=defences&transform=bits:3&{photos}", "Image set:", "Attack the defence", "The transform alone keeps",
+         "defences"),
+    ]
     with chromium_page() as page:
-        page.goto(f"{server}/attacks_lab?view=universal&train=folder&train_folder={folder}&passes=1")
-        wait_for_app(page, "Held-out set:")
-        assert sidebar_nav_labels(page) == NAV
-        click_and_wait(page, "Compute the perturbation", "Fooling rate, held-out set", timeout_ms=300_000)
-        assert page.get_by_text("the perturbation, stretched").count()
-        screenshot(page, "attacks-lab-universal")
-
-        page.goto(f"{server}/attacks_lab?view=transfer&models=efficientnet_lite0,efficientnet_lite1&kind=per-image"
-                  f"&strength=2&{photos}")
-        wait_for_app(page, "Measured on:")
-        click_and_wait(page, "Build the table", "The diagonal is the white-box rate", timeout_ms=300_000)
-        screenshot(page, "attacks-lab-transfer")
-
-        page.goto(f"{server}/attacks_lab?view=curves&methods=fgsm,bim&eps=2,4&{photos}")
-        wait_for_app(page, "stands in for")
-        click_and_wait(page, "Run the comparison", "Top-1 agreement", timeout_ms=300_000)
-        screenshot(page, "attacks-lab-curves")
-
-        page.goto(f"{server}/attacks_lab?view=minimal")
-        wait_for_app(page, "Run all three")
-        click_and_wait(page, "Run all three", "‖r‖₂", timeout_ms=300_000)
-        page.get_by_text("([0, 1] units)").nth(2).wait_for(timeout=300_000)  # L-BFGS's search over c ends last
-        wait_for_app(page)
-        screenshot(page, "attacks-lab-minimal")
-
-        page.goto(f"{server}/attacks_lab?view=effort&models=efficientnet_lite0&steps=20&{photos}")
-        wait_for_app(page, "Image set:")
-        click_and_wait(page, "Push every image", "ImageNet models on this set", timeout_ms=300_000)
-        screenshot(page, "attacks-lab-effort")
-
-        page.goto(f"{server}/attacks_lab?view=blackbox&epochs=2")
-        wait_for_app(page, "top-1 label")
-        click_and_wait(page, "Run the black-box attack", "Oracle queries", timeout_ms=300_000)
-        screenshot(page, "attacks-lab-blackbox")
-
-        page.goto(f"{server}/attacks_lab?view=defences&transform=bits:3&{photos}")
-        wait_for_app(page, "Image set:")
-        click_and_wait(page, "Attack the defence", "The transform alone keeps", timeout_ms=300_000)
-        assert not page.get_by_text("Traceback").count()
-        screenshot(page, "attacks-lab-defences")
+        for link, drawn, button, result, name in views:
+            page.goto(f"{server}/attacks_lab?{link}")
+            wait_for_app(page, drawn)
+            assert sidebar_nav_labels(page) == NAV
+            click_and_wait(page, button, result, timeout_ms=300_000)
+            if name == "minimal":  # three jobs; L-BFGS's search over c ends last
+                page.get_by_text("([0, 1] units)").nth(2).wait_for(timeout=300_000)
+                wait_for_app(page)
+            assert not page.get_by_text("Traceback").count()
+            screenshot(page, f"attacks-lab-{name}")
