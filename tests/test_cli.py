@@ -83,7 +83,7 @@ def test_relabel_writes_a_png_that_classifies_as_the_target(tmp_path):
     assert pgd_manifest["target"] is None and pgd_manifest["quality"]["linf_levels"] <= 2
     assert pgd_manifest["config"]["epsilon"] == 2 and pgd_manifest["steps"] == 10
     assert len(json.loads((tmp_path / "chelsea_pgd_steps.json").read_text())["distortion"]) == 11
-    unknown = run_cli("relabel", "chelsea", "--method", "deepfool", "--out", str(tmp_path))
+    unknown = run_cli("relabel", "chelsea", "--method", "carliniwagner", "--out", str(tmp_path))
     assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
 
 
