@@ -312,7 +312,7 @@ def test_attacks_lab_views(server, tmp_path):
          "the perturbation, stretched", "universal"),
         (f"view=transfer&models=efficientnet_lite0,efficientnet_lite1&kind=per-image&strength=2&{photos}",
          "Measured on:", "Build the table", "The diagonal is the white-box rate", "transfer"),
-        (f"view=curves&methods=fgsm,bim&eps=2,4&{photos}", "stands in for", "Run the comparison", "Top-1 agreement",
+        (f"view=curves&methods=fgsm,bim&eps=2,4&{photos}", "stands in for", "Run the comparison", "Curves (JSON)",
          "curves"),
         ("view=minimal", "Run all three", "Run all three", "‖r‖₂ =", "minimal"),
         (f"view=effort&models=efficientnet_lite0&steps=20&{photos}", "Image set:", "Push every image",
