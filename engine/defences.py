@@ -45,7 +45,7 @@ from .errors import ConfigError
 from .images import quantize
 from .imagesets import ImageSet, last_linear
 from .models import ModelHandle
-from .progress import Progress, report
+from .progress import Progress, report, within
 
 DEFENCES_VERSION = 1
 
@@ -439,13 +439,13 @@ def evaluate_defence(handle: ModelHandle, x: torch.Tensor, config: DefenceConfig
     defended_clean = defended_top1(handle, transform, x, seed=config.seed, batch_size=bs)
     report(progress, 0.02, "clean images classified")
     bare_adv = lab.set_attack(handle, x, config.attack, config.epsilon, clean=clean, batch_size=bs,
-                              steps=config.steps, progress=_part(progress, 0.02, 0.35, "bare-model attack"))
+                              steps=config.steps, progress=within(progress, 0.02, 0.35, "bare-model attack"))
     undefended_top1, _ = lab.predict(handle, bare_adv, batch_size=bs)
     naive_top1 = defended_top1(handle, transform, bare_adv, seed=config.seed, batch_size=bs)
     gradient = adaptive_gradient(handle, transform, eot_samples=config.eot_samples, seed=config.seed + 1)
     adaptive_adv = lab.set_attack(defended_forward(handle, transform, seed=config.seed), x, config.attack,
                                   config.epsilon, clean=defended_clean, batch_size=bs, steps=config.steps,
-                                  gradient=gradient, progress=_part(progress, 0.35, 0.98, "adaptive attack"))
+                                  gradient=gradient, progress=within(progress, 0.35, 0.98, "adaptive attack"))
     adaptive_top1 = defended_top1(handle, transform, adaptive_adv, seed=config.seed, batch_size=bs)
     k = min(int(examples), len(x))
     shown = torch.stack([x[:k], transform.apply(x[:k], torch.Generator().manual_seed(config.seed)),
@@ -811,7 +811,7 @@ def detect_relabelling(handle: ModelHandle, x: torch.Tensor, config: DetectionCo
     report(progress, 0.03, f"{len(versions)} versions of {len(x)} photos")
     relabelled, reached = relabel_batch(handle, versions, torch.as_tensor(targets), cap=config.cap,
                                         max_steps=config.max_steps, batch_size=config.batch_size,
-                                        progress=_part(progress, 0.03, 0.45, "relabelling"))
+                                        progress=within(progress, 0.03, 0.45, "relabelling"))
     if reached.sum() < 2:
         raise ConfigError("Fewer than two images could be relabelled under the cap; raise the cap or the steps.")
     kept = np.flatnonzero(reached)
@@ -835,7 +835,7 @@ def detect_relabelling(handle: ModelHandle, x: torch.Tensor, config: DetectionCo
     adaptive, adaptive_reached = relabel_batch(
         handle, versions[attacked], torch.as_tensor(targets[attacked]), cap=config.cap, max_steps=config.adaptive_steps,
         detector=torch_detector, weight=config.adaptive_weight, margin=config.adaptive_margin,
-        batch_size=config.batch_size, progress=_part(progress, 0.5, 0.98, "detector-aware relabelling"))
+        batch_size=config.batch_size, progress=within(progress, 0.5, 0.98, "detector-aware relabelling"))
     adaptive_features, adaptive_top1 = batch_features(handle, adaptive, batch_size=config.batch_size)
     flagged = detector.predict(adaptive_features) == 1
     on_target = adaptive_top1 == targets[attacked]
@@ -883,11 +883,6 @@ def detect_set(handle: ModelHandle, imageset: ImageSet, config: DetectionConfig 
 # Plumbing
 
 
-def _part(progress: Progress | None, start: float, end: float, what: str) -> Progress | None:
-    """A progress callback for one stage, mapped onto [start, end] of the whole."""
-    if progress is None:
-        return None
-    return lambda fraction, message="": progress(start + (end - start) * fraction, f"{what}: {message}")
 
 
 def _uint8(x: torch.Tensor) -> np.ndarray:

@@ -26,7 +26,7 @@ def short_name(name: str) -> str:
     return name.replace("efficientnet_", "")
 
 
-Model = "models.ModelHandle | str"  # a handle (the sidebar's, maybe an uploaded checkpoint) or a name
+Model = models.ModelHandle | str  # a handle (the sidebar's, maybe an uploaded checkpoint) or a name
 
 
 def _handle(model) -> models.ModelHandle:
@@ -76,18 +76,17 @@ def uap_run(model: Model, train_spec: str, heldout_spec: str, settings: dict, pr
     return {**report, "perturbation": result.image, "n_train": len(result.train_indices),
             "n_heldout": len(result.heldout_indices), "heldout_indices": list(result.heldout_indices),
             "dominant": [{"id": d.class_id, "name": d.name, "count": d.count} for d in result.dominant],
-            "class_names": None, "note": f"The perturbation was {result.split}. {fooling_note(result)}"}
+            "note": f"The perturbation was {result.split}. {FOOLING_NOTE}"}
 
 
-def fooling_note(result) -> str:
-    return ("Fooling rate: the share of images whose top-1 label changes when the perturbation is added (clipped "
-            "to [0, 1] and rounded to 8-bit levels).")
+FOOLING_NOTE = ("Fooling rate: the share of images whose top-1 label changes when the perturbation is added (clipped "
+                "to [0, 1] and rounded to 8-bit levels).")
 
 
 def uap_report(record: dict) -> dict:
     """report.json as the CLI writes it (the record without the page's extras)."""
     return {k: v for k, v in record.items() if k not in ("perturbation", "n_train", "n_heldout", "heldout_indices",
-                                                          "dominant", "class_names", "note")}
+                                                          "dominant", "note")}
 
 
 def uap_example(record: dict, heldout_spec: str, size: int, class_names) -> tuple[dict, np.ndarray]:

@@ -20,3 +20,12 @@ def report(progress: Progress | None, fraction: float, message: str = "") -> Non
         return
     if progress(min(max(float(fraction), 0.0), 1.0), message) is False:
         raise Cancelled("Stopped on request.")
+
+
+def within(progress: Progress | None, start: float, stop: float, what: str = "") -> Progress | None:
+    """A callback for one stage of a longer run: its fractions mapped onto [start, stop] of the whole,
+    its messages prefixed with ``what`` (cancellation passes through)."""
+    if progress is None:
+        return None
+    prefix = f"{what}: " if what else ""
+    return lambda fraction, message="": progress(start + (stop - start) * fraction, prefix + message)

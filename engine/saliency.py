@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from . import configs, hooks, io
 from .errors import ConfigError
 from .models import ModelHandle
-from .progress import Progress, report
+from .progress import Progress, report, within
 
 Target = int | Sequence[int] | None
 
@@ -474,9 +474,7 @@ class RISEMap(ScanMethod):
 
 def _sub_progress(progress: Progress | None, index: int, count: int) -> Progress | None:
     """Map one image's progress onto its share of a batch."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress((index + fraction) / count, message)
+    return within(progress, index / count, (index + 1) / count)
 
 
 # ---------------------------------------------------------------------------------------------

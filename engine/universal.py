@@ -50,7 +50,7 @@ from . import lab
 from .errors import ConfigError, DatasetError
 from .imagesets import ImageSet
 from .models import ModelHandle
-from .progress import Progress, report
+from .progress import Progress, report, within
 
 UNIVERSAL_VERSION = 1  # bump when a change makes cached perturbations stale
 NORMS = ("inf", "2")
@@ -477,7 +477,7 @@ def universal_perturbation(handle: ModelHandle, train: ImageSet, heldout: ImageS
     started = time.perf_counter()
     report(progress, 0.0, "reading the images")
     x = lab.set_tensor(handle, train, indices=train_indices)
-    fitted = fit_universal(handle, x, config, progress=_scaled(progress, 0.0, 0.95), observer=observer)
+    fitted = fit_universal(handle, x, config, progress=within(progress, 0.0, 0.95), observer=observer)
     del x
     report(progress, 0.95, "evaluating on the held-out images")
     held = lab.set_tensor(handle, heldout, indices=heldout_indices)
@@ -499,10 +499,6 @@ def universal_perturbation(handle: ModelHandle, train: ImageSet, heldout: ImageS
     return result
 
 
-def _scaled(progress: Progress | None, start: float, stop: float) -> Progress | None:
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (stop - start) * fraction, message)
 
 
 _ARRAYS = ("train_clean", "train_attacked", "heldout_clean", "heldout_attacked")
@@ -566,7 +562,7 @@ def fooling_vs_size(handle: ModelHandle, train: ImageSet, heldout: ImageSet, siz
     for j, n in enumerate(sizes):
         results.append(universal_perturbation(handle, train, heldout, config,
                                               train_indices=sorted(int(i) for i in order[:n]),
-                                              progress=_scaled(progress, j / len(sizes), (j + 1) / len(sizes))))
+                                              progress=within(progress, j / len(sizes), (j + 1) / len(sizes))))
     return FoolingVsSize(sizes=sizes, fooling_rate_heldout=tuple(r.fooling_rate_heldout for r in results),
                          fooling_rate_train=tuple(r.fooling_rate_train for r in results),
                          seconds=tuple(r.seconds for r in results), model=handle.name, config=config.as_dict())
@@ -672,11 +668,11 @@ def transfer_matrix(model_names: Sequence[str], train: ImageSet | None, eval_set
         clean = lab.set_tensor(handle, eval_set, indices=eval_indices)
         if kind == "universal":
             fitted = universal_perturbation(handle, train, eval_set, config, train_indices=train_indices,
-                                            heldout_indices=eval_indices, progress=_scaled(progress, *span),
+                                            heldout_indices=eval_indices, progress=within(progress, *span),
                                             use_cache=use_cache)
             attacked = apply(clean, torch.as_tensor(fitted.perturbation))
         else:
-            attacked = lab.set_attack(handle, clean, attack, int(epsilon), progress=_scaled(progress, *span))
+            attacked = lab.set_attack(handle, clean, attack, int(epsilon), progress=within(progress, *span))
         for col, target in enumerate(names):
             size = handles[target].input_size
             before, _ = lab.predict(handles[target], lab.resize_to(clean, size), k=1)
