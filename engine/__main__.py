@@ -7,6 +7,7 @@
                             [--jitter 16] [--optimizer lbfgs|adam|gd] [--features LAYER] --out DIR
     python -m engine dissect --model M --layer L --concepts bundled|PATH [--n 2000] --out DIR
     python -m engine patterns train --classes goldfish zebra --steps N [--size 128] --out DIR [--resume]
+    python -m engine patterns generate|classes|quality|classic|export ...   (see engine/patterns/cli.py)
     python -m engine minds-eye train|export|evaluate|attack|render ...   (see engine/minds_eye/cli.py)
     python -m engine anatomy filters|activations|patches|tour|neighbours|embed|back|features ... (engine/anatomy_cli.py)
     python -m engine methods [--json]     # the saliency and attack registries: the KEYs above
@@ -122,17 +123,16 @@ def cmd_relabel_sweep(args: argparse.Namespace) -> int:
     handle = models.load_model(args.model)
     named = {name: images.to_tensor(classify.model_view(handle, read_image(name)), device=handle.device)
              for name in args.images}
+    settings = dict(cap=args.cap, max_steps=args.steps, seed=args.seed, alpha=args.alpha, snap=not args.no_snap)
     with tqdm_progress("sweep") as progress:
-        result = relabel.sweep(handle, named, args.targets, cap=args.cap, max_steps=args.steps, seed=args.seed,
-                               progress=progress)
+        results = relabel.sweep_rules(handle, named, args.targets, rule=args.rule, progress=progress, **settings)
     out = Path(args.out)
-    summary = {"model": handle.name, "cap": args.cap, "pairs": len(result.pairs), "success_rate": result.success_rate,
-               "mean_distortion": result.mean_distortion, "steps_histogram": result.steps_histogram(),
-               "paper": {"success_rate": relabel.PAPER_SUCCESS_RATE, "mean_distortion": relabel.PAPER_MEAN_DISTORTION},
-               "pairs_detail": [dict(zip(("image", "target", "outcome", "steps", "distortion"), p)) for p in result.pairs]}
-    io.write_json_atomic(out / "sweep.json", summary)
-    print(f"success {100 * result.success_rate:.1f} % of {len(result.pairs)} pairs (paper: 98.7 %); "
-          f"mean distortion {result.mean_distortion:.5f} (paper: 0.00814); wrote {out / 'sweep.json'}")
+    io.write_json_atomic(out / "sweep.json", {"model": handle.name, **relabel.sweep_summary(results)})
+    for rule, result in results.items():
+        print(f"{rule} rule: {result.successes} of {len(result.pairs)} pairs ({100 * result.success_rate:.1f} %) "
+              f"relabelled under {result.cap}, mean distortion {result.mean_distortion:.5f}")
+    print(f"(the paper: {100 * relabel.PAPER_SUCCESS_RATE:.1f} %, mean distortion {relabel.PAPER_MEAN_DISTORTION}); "
+          f"wrote {out / 'sweep.json'}")
     return 0
 
 
@@ -333,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cap", type=float, default=0.01)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rule", choices=("paper", "fit", "both"), default="both",
+                   help="paper: stop at top-1, a pair fails when the next step would pass the cap; fit: take the "
+                        "part of that step that fits; both (default): the same pairs under each, the paper's first")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="step in 8-bit levels (the paper's alpha = 50 in Caffe's units is 0.2; needs --no-snap)")
+    p.add_argument("--no-snap", action="store_true", help="keep a float image instead of rounding each step to 8 bits")
     p.add_argument("--model", default=models.DEFAULT_MODEL)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_relabel_sweep)

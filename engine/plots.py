@@ -361,3 +361,26 @@ def signed_picture(values: np.ndarray, *, percentile: float = 99.5) -> np.ndarra
     peak = peak if peak > 0 else float(magnitude.max(initial=0.0))
     scaled = np.clip(values / peak, -1, 1) if peak > 0 else np.zeros_like(values)
     return np.rint(128.0 + 127.0 * scaled).astype(np.uint8)
+
+
+SWEEP_COLOURS = {"paper": ACCENT, "fit": "#f0a202"}
+
+
+def sweep_histogram(series: dict[str, tuple[list, list]], *, x_title: str, markers: tuple = (), title: str = "",
+                    bar_width: float | None = None) -> go.Figure:
+    """Relabelling sweep (sec. 3.1): pairs per bin for each rule side by side; ``series`` maps a rule's
+    legend name to (bin centres, counts); ``markers`` are (x, label) dashed lines, e.g. the paper's mean."""
+    figure = go.Figure()
+    for rank, (name, (xs, counts)) in enumerate(series.items()):
+        colour = next((c for key, c in SWEEP_COLOURS.items() if key in name.lower()), MUTED if rank else ACCENT)
+        figure.add_trace(go.Bar(x=list(xs), y=list(counts), name=name, marker_color=colour, width=bar_width,
+                                hovertemplate="%{x}: %{y} pairs<extra>" + name + "</extra>"))
+    for x, label in markers:
+        figure.add_vline(x=x, line=dict(color="#444", dash="dash", width=1.5), annotation_text=label,
+                         annotation_position="top", annotation_font_size=11)
+    figure.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=60 if title else 40, b=10),
+                         plot_bgcolor="white", legend=dict(orientation="h", y=-0.25),
+                         title=dict(text=title, font=dict(size=15)) if title else None)
+    figure.update_xaxes(title=x_title)
+    figure.update_yaxes(title="pairs relabelled", rangemode="tozero", gridcolor="#eee")
+    return figure

@@ -149,3 +149,79 @@ def test_the_panda_to_gibbon_preset_runs_untargeted_fgsm():
     info = next(i.value for i in at.info if "FGSM (one step): the model now says" in i.value)
     assert "Egyptian cat" not in info  # the label moved away from the photo's own class
     assert at.query_params["untargeted"] == "1" and at.query_params["method"] == "fgsm"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: the sweep view and sec. 3.1's one-big-step demo
+
+TINY = "tiny_test_cnn"
+
+
+def test_the_sweep_view_runs_both_rules_as_a_job_with_the_papers_numbers_beside():
+    from engine import models, relabel
+
+    at = open_page(model=TINY, view="sweep", photos="chelsea,coffee", targets="2", cap="0.12")
+    assert not at.exception, at.exception
+    assert any("Press **Run the sweep** to start." in i.value for i in at.info)
+    assert any(c.value.startswith("4 pairs") for c in at.caption)
+    next(b for b in at.button if b.label == "Run the sweep").click().run()
+    link = dict(at.query_params)
+    second = open_page(**link)  # a reload mid-run finds the same job (or its result)
+    finish(at)
+    metrics = {m.label: m.value for m in at.metric}
+    handle = models.load_model(TINY)
+    expected = relabel.sweep_both(handle, relabel.sample_inputs(handle, ["chelsea", "coffee"]), 2, cap=0.12)
+    assert metrics["Relabelled, the paper's rule"] == f"{100 * expected.paper.success_rate:.1f} %"
+    assert metrics["Relabelled, the fit rule"] == f"{100 * expected.fit.success_rate:.1f} %"
+    assert metrics["The paper (GoogLeNet)"] == "98.7 %"
+    table = at.dataframe[0].value
+    assert list(table[""]) == ["the paper's rule", "the fit rule", "the paper (GoogLeNet, Caffe)"]
+    assert len(at.get("plotly_chart")) == 2
+    assert [b.proto.label for b in at.get("download_button")] == ["Pairs (CSV)", "Sweep (JSON)"]
+    pairs = at.dataframe[1].value
+    assert len(pairs) == 4 and "paper: outcome" in pairs.columns and "fit: outcome" in pairs.columns
+    assert (link["view"], link["photos"], link["targets"], link["cap"]) == ("sweep", "chelsea,coffee", "2", "0.12")
+    finish(second)
+    assert {m.label: m.value for m in second.metric} == metrics
+    assert len(jobs_for("relabel-sweep|" + TINY)) == 1
+
+
+def test_the_sweep_view_says_what_is_wrong_with_bad_input():
+    at = open_page(model=TINY, view="sweep", photos="chelsea,unicorn", targets="0")
+    warnings = " ".join(w.value for w in at.warning)
+    assert "photos='chelsea,unicorn' is not a valid setting" in warnings
+    assert "targets='0' is not a valid setting" in warnings
+    at.multiselect(key="rl_sw_photos").set_value([])
+    next(b for b in at.button if b.label == "Run the sweep").click().run()
+    assert not at.exception, at.exception
+    assert any(w.value == "Pick at least one photo to sweep." for w in at.warning)
+
+
+def test_the_single_rule_sweep_reports_only_that_rule():
+    at = open_page(model=TINY, view="sweep", photos="chelsea", targets="1", cap="0.12", rule="paper")
+    next(b for b in at.button if b.label == "Run the sweep").click().run()
+    finish(at)
+    labels = [m.label for m in at.metric]
+    assert "Relabelled, the paper's rule" in labels and "Relabelled, the fit rule" not in labels
+
+
+def test_the_one_big_step_preset_shows_the_single_step_failing_where_small_steps_succeed():
+    at = open_page()
+    next(b for b in at.button if b.label.startswith("One big step fails")).click().run()
+    assert not at.exception, at.exception
+    assert next(s for s in at.sidebar.selectbox if s.label == "Sample image").value == "chelsea"
+    assert at.query_params["view"] == "onestep" and at.query_params["target"] == "586"
+    finish(at)  # one click: the comparison started by itself
+    info = next(i.value for i in at.info if "along the first gradient" in i.value)
+    assert "leaves the model saying **tabby**" in info and "make it a **half track**" in info
+    assert any("the gradient is not stationary" in m.value for m in at.markdown)
+    assert len(at.image) >= 3
+    ladder = at.dataframe[0].value
+    assert "half track" not in set(ladder["top-1"])
+    again = open_page(**dict(at.query_params))  # the link brings the same comparison back
+    assert any("leaves the model saying **tabby**" in i.value for i in again.info)
+
+
+def test_one_big_step_on_a_class_the_image_already_has():
+    at = open_page(image="coffee", view="onestep", target="967")
+    assert any("already calls this image a espresso" in i.value for i in at.info)
