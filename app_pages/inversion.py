@@ -24,12 +24,21 @@ TIGER = 292
 TERM_LABELS = {"content": "Content", "style": "Style", "tv": "Total variation", "colour": "Colour"}
 MASK_KINDS = {"none": "No mask", "ellipse": "Ellipse", "rectangle": "Rectangle", "paint": "Paint it",
               "upload": "Upload a mask"}
+HOLE_KINDS = {kind: label for kind, label in MASK_KINDS.items() if kind != "none"}
 OPTIMIZERS = {"lbfgs": "L-BFGS (the paper's; no jitter)", "adam": "Adam", "gd": "Gradient descent"}
-MODES = {"class": "Change the class (Anosheh et al.)", "features": "Rebuild from one layer (Mahendran & Vedaldi)"}
+MODES = {"class": "Change the class (Anosheh et al.)", "hole": "Fill a hole (the paper's results)",
+         "features": "Rebuild from one layer (Mahendran & Vedaldi)"}
+FILL_LABELS = {"smooth": "Surroundings, blurred in", "grey": "Mid-grey", "noise": "Noise"}
+CONTENT_LOSS_LABELS = {"mse": "Feature MSE (Gatys; the paper's code)", "gram": "Gram distance (the paper's text)"}
+CONTENT_LOSS_HELP = ("Sec. 2.2's text describes the content loss as the distance between the Gram matrices at the "
+                     "content layer; the paper's code (Liu's port of Gatys) computes the feature MSE, 1/2 Σ (F − P)². "
+                     "Every preset uses the feature MSE.")
 DEFAULT_WEIGHTS = inversion.PRESETS["tiger-face"].paper_weights  # the paper's tiger row, as InversionConfig's default
 DEFAULT_BOX_X, DEFAULT_BOX_Y = (25, 75), (20, 80)
 DEFAULT_STEPS, DEFAULT_FEATURE_STEPS = 40, 200
 IDLE_CLASS = "Press **Run** to start. The default weights are the paper's tiger row; the presets above set the others."
+IDLE_HOLE = ("Press **Run** to erase the hole and fill it so the model sees the target class. Outside the hole the "
+             "photo stays exactly as it is.")
 LIVE_FIELDS = ("step", "total", "target", "top1", "image")  # record fields that are not loss terms
 MASK_DIGEST_PARAMS = {"paint": "painted", "upload": "uploaded"}  # the link names such a mask by its digest
 
@@ -67,15 +76,20 @@ class ClassSettings:
     jitter: int
     steps: int
     noise: bool
-    mask: MaskChoice
+    mask: MaskChoice  # hole-filling: the hole
     compare: bool
+    content_loss: str = "mse"
+    hole: bool = False  # hole-filling: erase ``mask`` and refill it
+    fill: str = "smooth"
 
     def weights(self, handle: models.ModelHandle) -> inversion.LossWeights:
-        return inversion.LossWeights.from_paper(*self.paper_weights, std=handle.spec.std)
+        return inversion.LossWeights.from_paper(*self.paper_weights, std=handle.spec.std,
+                                                content_loss=self.content_loss)
 
     def config(self, handle: models.ModelHandle) -> inversion.InversionConfig:
         return inversion.InversionConfig(weights=self.weights(handle), optimizer=self.optimizer, steps=self.steps,
-                                         jitter=self.jitter, start="noise" if self.noise else "image")
+                                         jitter=self.jitter, start="noise" if self.noise else "image",
+                                         content_loss=self.content_loss)
 
     @property
     def runnable(self) -> bool:
@@ -138,49 +152,62 @@ def apply_preset(preset: inversion.Preset, handle: models.ModelHandle) -> None:
     st.session_state["_next_sample"] = preset.image
     st.session_state.pop(f"_class_target_{handle.name}", None)
     set_url_value("target", str(preset.target))
-    st.session_state["inv_mode"] = "class"
+    st.session_state["inv_mode"] = preset.mode
     for term, value in zip(TERM_LABELS, preset.paper_weights):
         st.session_state[f"inv_w_{term}"] = format_weight(value)
+    st.session_state["inv_content_loss"] = preset.content_loss
     st.session_state["inv_optimizer"] = preset.optimizer
     st.session_state["inv_jitter"] = preset.jitter
     st.session_state["inv_steps"] = preset.steps
     st.session_state["inv_noise"] = False
+    kind_key = "inv_hole_kind" if preset.hole else "inv_mask_kind"
+    if preset.hole:
+        st.session_state["inv_fill"] = preset.fill
     if preset.mask is None:
-        st.session_state["inv_mask_kind"] = "none"
+        st.session_state[kind_key] = "none"
     else:
         shape, box = inversion.CHELSEA_MASKS[preset.mask]
-        st.session_state["inv_mask_kind"] = shape
+        st.session_state[kind_key] = shape
         st.session_state["inv_box_x"], st.session_state["inv_box_y"] = box_percent(box)
     set_url_value("preset", preset.name)
 
 
 def preset_controls(handle: models.ModelHandle) -> None:
-    with st.expander("The paper's results as presets (one click each)", icon=":material/school:"):
-        st.caption("Each row of the paper's figure: new class (content, style, TV, colour weights as printed). The "
-                   "weights are entered in the paper's Caffe units and converted (see *How the weights are converted* "
-                   "below). The paper's dog photo is not shipped, so its rows run on the cat photo.")
-        columns = st.columns(3)
-        for i, preset in enumerate(inversion.PRESETS.values()):
-            with columns[i % 3]:
-                if st.button(preset.label, key=f"preset_{preset.name}", width="stretch", help=preset.note or None):
-                    apply_preset(preset, handle)
-                    st.rerun()
+    with st.expander("The paper's results as presets: all 17 rows, one click each", icon=":material/school:"):
+        st.caption("Each row of the paper's figure, in its order: new class (content, style, TV, colour weights as "
+                   "printed). The weights are entered in the paper's Caffe units and converted (see *How the weights "
+                   "are converted* below); every preset uses the feature MSE as its content loss. Hover over a row "
+                   "for its note.")
+        for group, title in inversion.PRESET_GROUPS.items():
+            rows = [preset for preset in inversion.PRESETS.values() if preset.group == group]
+            st.markdown(f"**{title}**")
+            if group == "dog":
+                st.caption("No photo of a dog under a free licence ships with this app or its packages, so the "
+                           "dog photo's six rows start from the cat photo (chelsea), the nearest subject.")
+            columns = st.columns(3)
+            for i, preset in enumerate(rows):
+                with columns[i % 3]:
+                    if st.button(preset.label, key=f"preset_{preset.name}", width="stretch",
+                                 help=preset.note or None):
+                        apply_preset(preset, handle)
+                        st.rerun()
 
 
-def matching_preset(settings: ClassSettings, image_name: str) -> str | None:
+def matching_preset(settings: ClassSettings, image_name: str) -> inversion.Preset | None:
     """The preset the link names, while the settings still are that preset's (else None, and the
     link forgets it): a run's manifest names a preset only when it ran as the preset."""
     preset = inversion.PRESETS.get(url_value("preset") or "")
     if preset is not None and not _is_preset(preset, settings, image_name):
         preset = None
     set_url_value("preset", preset.name if preset else None)
-    return preset.name if preset else None
+    return preset
 
 
 def _is_preset(preset: inversion.Preset, settings: ClassSettings, image_name: str) -> bool:
     shape, box = inversion.CHELSEA_MASKS[preset.mask] if preset.mask else ("none", None)
-    return (image_name == preset.image and settings.target == preset.target
+    return (image_name == preset.image and settings.target == preset.target and settings.hole == preset.hole
             and settings.paper_weights == tuple(float(w) for w in preset.paper_weights)
+            and settings.content_loss == preset.content_loss and (not preset.hole or settings.fill == preset.fill)
             and settings.optimizer == preset.optimizer and settings.jitter == preset.jitter
             and settings.steps == preset.steps and not settings.noise and settings.mask.kind == shape
             and settings.mask.box == (None if box is None else box_percent(box)))
@@ -201,8 +228,8 @@ def mode_controls() -> str:
                       options=list(MODES), format_func=MODES.get, required=True)
 
 
-def weight_controls(handle: models.ModelHandle) -> tuple[tuple[float, ...], tuple[str, ...]]:
-    """The four weights as typed (paper units), and a sentence for each that is not a number."""
+def weight_controls(handle: models.ModelHandle) -> tuple[tuple[float, ...], tuple[str, ...], str]:
+    """The four weights as typed (paper units), a sentence for each that is not a number, the content loss."""
     st.markdown("**Loss weights** in the paper's units (classification is always × 1; negative values are allowed)")
     columns = st.columns(4)
     values, errors = [], []
@@ -215,12 +242,17 @@ def weight_controls(handle: models.ModelHandle) -> tuple[tuple[float, ...], tupl
         values.append(value or 0.0)
     for sentence in errors:
         st.error(sentence)
-    render_weight_conversion(handle, inversion.LossWeights.from_paper(*values, std=handle.spec.std))
-    return tuple(values), tuple(errors)
+    content_loss = url_widget(st.radio, "Content loss", key="inv_content_loss", param="content_loss", default="mse",
+                              options=list(CONTENT_LOSS_LABELS), format_func=CONTENT_LOSS_LABELS.get,
+                              horizontal=True, help=CONTENT_LOSS_HELP)
+    st.caption("The presets use the feature MSE, as the paper's code did; its text describes a Gram distance.")
+    render_weight_conversion(handle, inversion.LossWeights.from_paper(*values, std=handle.spec.std,
+                                                                      content_loss=content_loss), content_loss)
+    return tuple(values), tuple(errors), content_loss
 
 
-def optimiser_controls() -> tuple[str, int, int, bool]:
-    """(optimiser, jitter in px, steps, start from noise)."""
+def optimiser_controls(*, noise_allowed: bool = True) -> tuple[str, int, int, bool]:
+    """(optimiser, jitter in px, steps, start from noise); hole-filling offers no noise start."""
     optimizer = url_widget(st.radio, "Optimiser", key="inv_optimizer", param="optimizer", default="lbfgs",
                            options=list(OPTIMIZERS), format_func=OPTIMIZERS.get)
     jitter = url_widget(st.slider, "Jitter (px)", key="inv_jitter", param="jitter", default=0,
@@ -229,19 +261,28 @@ def optimiser_controls() -> tuple[str, int, int, bool]:
                              "cannot take it: its line search needs the same function at every try.")
     steps = url_widget(st.number_input, "Steps", key="inv_steps", param="steps", default=DEFAULT_STEPS,
                        parse=int, min_value=1, max_value=1000)
+    if not noise_allowed:
+        return optimizer, 0 if optimizer == "lbfgs" else int(jitter), int(steps or DEFAULT_STEPS), False
     noise = url_widget(st.toggle, "Start from noise (sec. 6)", key="inv_noise", param="noise", default=False,
                        parse=parse_bool, dump=dump_bool,
                        help="The losses then refer to the noise image; the result is the model's idea of the class.")
     return optimizer, 0 if optimizer == "lbfgs" else int(jitter), int(steps or DEFAULT_STEPS), bool(noise)
 
 
-def mask_controls(handle: models.ModelHandle, selection: Selection, view: np.ndarray) -> MaskChoice:
-    """Sec. 2.3: none, a shape (its box in the link), a painting or an upload (their digest in the link)."""
-    st.markdown("**Mask** (sec. 2.3): only the bright area may change")
+def mask_controls(handle: models.ModelHandle, selection: Selection, view: np.ndarray, *, hole: bool = False,
+                  fill: str = "smooth") -> MaskChoice:
+    """Sec. 2.3: none, a shape (its box in the link), a painting or an upload (their digest in the link).
+    Hole-filling: the hole (a shape by default, never none), checked, and the photo with it erased."""
+    if hole:
+        st.markdown("**Hole**: the bright area is erased, then refilled so the model sees the target class")
+        kinds, key, param, default = HOLE_KINDS, "inv_hole_kind", "hole", "ellipse"
+    else:
+        st.markdown("**Mask** (sec. 2.3): only the bright area may change")
+        kinds, key, param, default = MASK_KINDS, "inv_mask_kind", "mask", "none"
     left, right = st.columns([2, 3], gap="large")
     with left:
-        kind = url_widget(st.radio, "Mask", key="inv_mask_kind", param="mask", default="none", options=list(MASK_KINDS),
-                          format_func=MASK_KINDS.get, label_visibility="collapsed", horizontal=True)
+        kind = url_widget(st.radio, "Hole" if hole else "Mask", key=key, param=param, default=default,
+                          options=list(kinds), format_func=kinds.get, label_visibility="collapsed", horizontal=True)
     for other, param in MASK_DIGEST_PARAMS.items():
         if other != kind:
             set_url_value(param, None)
@@ -257,14 +298,26 @@ def mask_controls(handle: models.ModelHandle, selection: Selection, view: np.nda
                 choice = MaskChoice(kind, uploaded_mask(handle))
         else:
             choice = MaskChoice(kind)
+        if hole:
+            choice = MaskChoice(kind, inversion.hole_mask(choice.mask, handle.input_size), box=choice.box)
     except GlassboxError as error:
-        choice = MaskChoice(kind, error=str(error))
+        choice = MaskChoice(kind, error=str(error).replace("The mask is empty", "The hole is empty") if hole
+                            else str(error))
     if choice.error:
         st.error(choice.error)
+    elif hole:
+        right.image(erased_view(view, choice.mask, fill), width=260,
+                    caption=f"the hole, erased: {100 * choice.mask.mean():.0f} % of the image")
     elif choice.mask is not None and kind != "paint":
         right.image(plots.mask_preview(view, choice.mask), caption=f"may change: {100 * choice.mask.mean():.0f} % of "
                     "the image", width=260)
     return choice
+
+
+def erased_view(view: np.ndarray, hole: np.ndarray, fill: str) -> np.ndarray:
+    """The model's view with the hole erased as the run will start (a blur of a 224 px image: milliseconds)."""
+    x = images.to_tensor(view)
+    return images.to_uint8(inversion.erase_hole(x, hole, fill))
 
 
 def shape_mask(kind: str, size: int) -> tuple[np.ndarray, tuple[tuple[int, int], tuple[int, int]]]:
@@ -341,20 +394,31 @@ def remembered(kind: str, mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def class_controls(handle: models.ModelHandle, selection: Selection, view: np.ndarray) -> ClassSettings:
+def class_controls(handle: models.ModelHandle, selection: Selection, view: np.ndarray, *,
+                   hole: bool = False) -> ClassSettings:
+    """Class inversion's controls; ``hole``: hole-filling's (a hole and its fill instead of a mask,
+    no noise start, no unmasked comparison)."""
     left, right = st.columns([3, 2], gap="large")
     with left:
-        target = class_picker(handle, label="Change this image into a:", key="target", default=TIGER,
+        target = class_picker(handle, label="Fill the hole so the model sees a:" if hole else
+                              "Change this image into a:", key="target", default=TIGER,
                               help="Type to search the class names.")
-        paper_weights, weight_errors = weight_controls(handle)
+        paper_weights, weight_errors, content_loss = weight_controls(handle)
     with right:
-        optimizer, jitter, steps, noise = optimiser_controls()
-    mask = mask_controls(handle, selection, view)
-    compare = mask.mask is not None and url_widget(
+        optimizer, jitter, steps, noise = optimiser_controls(noise_allowed=not hole)
+        fill = "smooth"
+        if hole:
+            fill = url_widget(st.radio, "Erase the hole to", key="inv_fill", param="fill", default="smooth",
+                              options=list(inversion.FILLS), format_func=FILL_LABELS.get,
+                              help="What the hole holds when the run starts: the colours around it spread in "
+                                   "(nothing of the hole's own content), mid-grey, or noise.")
+    mask = mask_controls(handle, selection, view, hole=hole, fill=fill)
+    compare = not hole and mask.mask is not None and url_widget(
         st.checkbox, "Also run without the mask, to compare side by side", key="inv_compare", param="compare",
         default=False, parse=parse_bool, dump=dump_bool)
     return ClassSettings(target=int(target), paper_weights=paper_weights, weight_errors=weight_errors,
-                         optimizer=optimizer, jitter=jitter, steps=steps, noise=noise, mask=mask, compare=bool(compare))
+                         optimizer=optimizer, jitter=jitter, steps=steps, noise=noise, mask=mask, compare=bool(compare),
+                         content_loss=content_loss, hole=hole, fill=fill)
 
 
 def feature_controls(handle: models.ModelHandle, layer_names: list[str]) -> tuple[FeatureSettings, bool]:
@@ -382,7 +446,7 @@ def feature_controls(handle: models.ModelHandle, layer_names: list[str]) -> tupl
 # Drawing
 
 
-def render_weight_conversion(handle: models.ModelHandle, weights: inversion.LossWeights) -> None:
+def render_weight_conversion(handle: models.ModelHandle, weights: inversion.LossWeights, content_loss: str) -> None:
     with st.expander("How the weights are converted"):
         st.markdown(
             "The paper ran Caffe's VGG-19 on 0–255 images; the losses here are the same sums on [0, 1] images. "
@@ -391,7 +455,10 @@ def render_weight_conversion(handle: models.ModelHandle, weights: inversion.Loss
             f"{255 * float(np.mean(handle.spec.std)):.1f} levels), so content takes that factor squared and style "
             "(a Gram matrix, squared again) to the fourth power; "
             f"style then gets a measured gain of {inversion.FEATURE_GAIN['style']} on the bundled model "
-            "(without it the paper's tiger row is stuck on the style term).\n\n"
+            "(without it the paper's tiger row is stuck on the style term)"
+            + ("; the Gram content loss converts as style does, a starting point rather than the paper's setting "
+               "(its weights were tuned for its code's feature MSE)" if content_loss == "gram" else "")
+            + ".\n\n"
             f"Weights used: content {weights.content:.3g} · style {weights.style:.3g} · TV {weights.tv:.3g} · "
             f"colour {weights.colour:.3g}")
 
@@ -437,13 +504,22 @@ def render_result(handle: models.ModelHandle, status: jobs.JobStatus, ranking: m
     target_label = handle.class_names[result.target] if result.target is not None else None
     render_outcome(handle, result, target_label)
     rebuilt = result.target is None  # feature inversion: the run starts from noise and aims at the photo
-    c1, c2, c3 = st.columns(3)
+    if result.start is not None:  # hole-filling: before, the hole erased, after, the change
+        c1, erased, c2, c3 = st.columns(4)
+        erased.image(result.start, width="stretch",
+                     caption=f"the hole, erased · {handle.class_names[int(result.top1[0])]}")
+    else:
+        c1, c2, c3 = st.columns(3)
     c1.image(result.original, width="stretch",
              caption=f"{'the photo' if rebuilt else 'before'} · {handle.class_names[result.original_class]}")
     c2.image(result.image, width="stretch", caption=f"{'rebuilt' if rebuilt else 'after'} in {result.steps} steps · "
                                                     f"{handle.class_names[result.final_class]}")
-    c3.image(images.difference_image(result.image, result.original, gain=4.0), width="stretch",
-             caption=f"{'rebuilt minus the photo' if rebuilt else 'the change'} × 4, around mid-grey")
+    if result.start is not None:  # the fill itself, not the erasing: after minus the erased photo
+        c3.image(images.difference_image(result.image, result.start, gain=4.0), width="stretch",
+                 caption="what the run painted into the hole × 4, around mid-grey")
+    else:
+        c3.image(images.difference_image(result.image, result.original, gain=4.0), width="stretch",
+                 caption=f"{'rebuilt minus the photo' if rebuilt else 'the change'} × 4, around mid-grey")
     if result.target is not None and ranking is not None:
         after = cache.inversion_after(handle.name, status.id, result.image)
         b1, b2 = st.columns(2)
@@ -476,7 +552,8 @@ def render_snapshots(handle: models.ModelHandle, result: inversion.InversionResu
     pixels = dict(result.snapshots)[chosen]
     s1, s2, s3 = st.columns(3)
     s1.image(pixels, caption=f"step {chosen}", width="stretch")
-    s2.image(images.difference_image(pixels, result.original, gain=4.0), width="stretch",
+    start = result.start if result.start is not None else result.original  # hole-filling: from the erased photo
+    s2.image(images.difference_image(pixels, start, gain=4.0), width="stretch",
              caption=f"{'minus the photo' if rebuilt else 'change from the start'} at step {chosen} × 4")
     at = min(chosen, len(result.total) - 1)
     if result.target is not None:
@@ -520,14 +597,18 @@ def run_features(handle: models.ModelHandle, selection: Selection, view: np.ndar
                       stem=f"{selection.image_name}_features_{settings.layer}", mask_pixels=None)
 
 
-def run_class(handle: models.ModelHandle, selection: Selection, view: np.ndarray) -> None:
+def run_class(handle: models.ModelHandle, selection: Selection, view: np.ndarray, *, hole: bool = False) -> None:
+    """Class inversion, or (``hole``) hole-filling: the same controls, loop and result views."""
     ranking = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
-    settings = class_controls(handle, selection, view)
+    settings = class_controls(handle, selection, view, hole=hole)
     preset = matching_preset(settings, selection.image_name)
+    if preset is not None and preset.note:
+        st.caption(f"Preset *{preset.label}*: {preset.note}")
     config = settings.config(handle)
-    job_settings = {"target": settings.target, **config.as_dict()}
-    key = job_key("class", handle, selection, job_settings, settings.mask.digest)
-    unmasked_key = job_key("class", handle, selection, job_settings, inversion.mask_digest(None))
+    job_settings = {"target": settings.target, **config.as_dict(), **({"fill": settings.fill} if hole else {})}
+    kind = "hole" if hole else "class"
+    key = job_key(kind, handle, selection, job_settings, settings.mask.digest)
+    unmasked_key = job_key(kind, handle, selection, job_settings, inversion.mask_digest(None))
     target_label = handle.class_names[settings.target]
     already = ranking.indices[0] == settings.target and not settings.noise
     run = st.button("Run", type="primary", disabled=not settings.runnable)
@@ -537,22 +618,27 @@ def run_class(handle: models.ModelHandle, selection: Selection, view: np.ndarray
     live = partial(render_live, target_label=target_label)
     if run and settings.runnable:
         x = images.to_tensor(view, device=handle.device)
-        title = f"{selection.image_name} → {target_label}"
-        start_job(key, inversion.invert, handle, x, settings.target, config, mask=settings.mask.mask, title=title,
-                  records=True)
-        if settings.compare:
-            start_job(unmasked_key, inversion.invert, handle, x, settings.target, config, title=f"{title}, no mask",
+        if hole:
+            start_job(key, inversion.fill_hole, handle, x, settings.target, config, hole=settings.mask.mask,
+                      fill=settings.fill, title=f"{selection.image_name}: a hole filled as {target_label}",
                       records=True)
-    status = show_job(key, live=live, idle=IDLE_CLASS)
+        else:
+            title = f"{selection.image_name} → {target_label}"
+            start_job(key, inversion.invert, handle, x, settings.target, config, mask=settings.mask.mask, title=title,
+                      records=True)
+            if settings.compare:
+                start_job(unmasked_key, inversion.invert, handle, x, settings.target, config,
+                          title=f"{title}, no mask", records=True)
+    status = show_job(key, live=live, idle=IDLE_HOLE if hole else IDLE_CLASS)
     if status is None:
         return
     if settings.compare:
         unmasked = show_job(unmasked_key, live=live, idle=None)
         if unmasked is not None:
             render_comparison(handle, status.result, unmasked.result, settings.target)
-    render_result(handle, status, ranking, name=selection.image_name,
-                  stem=f"{selection.image_name}_{target_label.replace(' ', '_')}", key="class", preset=preset,
-                  mask_pixels=settings.mask.pixels)
+    stem = f"{selection.image_name}_{'hole_' if hole else ''}{target_label.replace(' ', '_')}"
+    render_result(handle, status, ranking, name=selection.image_name, stem=stem, key=kind,
+                  preset=preset.name if preset else None, mask_pixels=settings.mask.pixels)
 
 
 def main() -> None:
@@ -560,14 +646,15 @@ def main() -> None:
         "Class inversion", "Anosheh, Kapadia & Rulison: optimise the photo itself so the model calls it the target class, while "
         "content, style, total-variation and colour losses (sec. 2.2) keep the change meaningful: stripes for "
         "a tiger rather than noise. A mask limits where it may change and jitter shifts it at every step "
-        "(sec. 2.3).")
+        "(sec. 2.3). Fill a hole: erase part of the photo and refill it so the class shows through, the rest "
+        "untouched.")
     preset_controls(handle)
     mode = mode_controls()
     view = cache.model_view(handle.name, selection.digest, selection.image_bytes)
     if mode == "features":
         run_features(handle, selection, view)
     else:
-        run_class(handle, selection, view)
+        run_class(handle, selection, view, hole=mode == "hole")
 
 
 main()

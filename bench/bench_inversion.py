@@ -1,6 +1,6 @@
 """Class-inversion benchmark (issue 5): cost per iteration against its floor, L-BFGS, lucent, presets.
 
-    python bench/bench_inversion.py [--quick] [--markdown]
+    python bench/bench_inversion.py [--quick] [--markdown] [--presets-only]
 
 efficientnet_lite0 (224 px), CPU, torch's default threads, the engine's allocator tuning on.
 
@@ -16,7 +16,9 @@ efficientnet_lite0 (224 px), CPU, torch's default threads, the engine's allocato
   ``render_vis`` loop on the same model and photo, pixel parameterisation, Adam, no transforms,
   one class-logit objective -- per iteration against ours with the classification term alone.
   Bench-only install: ``pip install --no-deps torch-lucent==0.1.8 decorator kornia kornia-rs ipython``.
-* **presets**: wall time of each paper row on chelsea, as the page runs it.
+* **presets**: every row of the paper's results figure (17, issue 15) on chelsea, as the page runs
+  it (:func:`engine.inversion.run_preset`: hole-filling rows erase and refill the face), with the first
+  step whose top-1 is the target. ``--presets-only`` runs this table alone.
 
 Timings are never test assertions.
 """
@@ -128,36 +130,50 @@ def _config_of(name: str) -> dict:
 
 
 def presets(handle, quick: bool) -> list[list]:
-    chosen = ["tiger-face", "brown-bear", "tiger-jitter"] if quick else list(inversion.PRESETS)
+    chosen = ["tiger-face", "brown-bear", "hole-tiger", "tiger-jitter"] if quick else list(inversion.PRESETS)
     rows = []
     x = classify.image_tensor(handle, images.load_sample("chelsea"))
     default_start = time.perf_counter()
     default = inversion.invert(handle, x, TIGER)
-    rows.append(["default (tiger row, no mask)", "L-BFGS", str(default.steps), str(default.evaluations),
-                 f"{time.perf_counter() - default_start:.2f}", handle.class_names[default.final_class],
-                 f"{default.final_probs[TIGER]:.3f}"])
+    rows.append(["default (tiger row, no mask)", "L-BFGS", str(default.steps), first_at_target(default),
+                 str(default.evaluations), f"{time.perf_counter() - default_start:.2f}",
+                 handle.class_names[default.final_class], f"{default.final_probs[TIGER]:.3f}"])
     for name in chosen:
         preset = inversion.PRESETS[name]
         start = time.perf_counter()
-        mask = inversion.preset_mask(preset, handle.input_size)
-        result = inversion.invert(handle, x, preset.target, preset.config(handle), mask=mask)
+        result = inversion.run_preset(handle, preset, x)
         seconds = time.perf_counter() - start
-        rows.append([preset.label, preset.optimizer, str(result.steps), str(result.evaluations), f"{seconds:.2f}",
-                     handle.class_names[result.final_class], f"{result.final_probs[preset.target]:.3f}"])
+        rows.append([preset.label, preset.optimizer, str(result.steps), first_at_target(result),
+                     str(result.evaluations), f"{seconds:.2f}", handle.class_names[result.final_class],
+                     f"{result.final_probs[preset.target]:.3f}"])
     return rows
 
 
+def first_at_target(result) -> str:
+    """The first recorded step whose top-1 is the target ("-" if none)."""
+    steps = [step for step, top1 in enumerate(result.top1) if top1 == result.target]
+    return str(steps[0]) if steps else "-"
+
+
+PRESET_COLUMNS = ["preset", "optimiser", "steps", "top-1 from step", "passes", "seconds", "top-1 after", "p(target)"]
+
+
 def main(argv=None) -> None:
-    args = quick_markdown_args(__doc__, argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    presets_only = "--presets-only" in argv
+    args = quick_markdown_args(__doc__, [a for a in argv if a != "--presets-only"])
     handle, x = chelsea_on_lite0()
     print(machine_description())
+    if presets_only:
+        print(render(("Every row of the results figure on chelsea, as the page runs them", PRESET_COLUMNS,
+                      presets(handle, args.quick), []), args.markdown))
+        return
     print(render(("Cost per iteration (chelsea -> tiger, batch 1)",
                   ["loop", "ms per iteration", "passes per iteration", "x floor", "lucent / ours (classification only)"],
                   per_iteration(handle, x, args.quick),
                   ["per iteration = (run time - its gradient-free forwards x one forward) / steps; lucent: run time / steps",
                    "passes per iteration: forward+backward passes the run counted, over steps"]), args.markdown))
-    print(render(("The paper's rows on chelsea, as the page runs them",
-                  ["preset", "optimiser", "steps", "passes", "seconds", "top-1 after", "p(target)"],
+    print(render(("Every row of the results figure on chelsea, as the page runs them", PRESET_COLUMNS,
                   presets(handle, args.quick), []), args.markdown))
 
 

@@ -189,6 +189,8 @@ def _invert_class(args: argparse.Namespace, handle, x):
     else:
         mask = inversion.preset_mask(preset, handle.input_size) if preset is not None else None
     with tqdm_progress("inversion") as progress:
+        if preset is not None and preset.hole:  # a hole-filling row: the hole is erased, then refilled
+            return inversion.fill_hole(handle, x, target, config, hole=mask, fill=preset.fill, progress=progress), mask
         return inversion.invert(handle, x, target, config, mask=mask, progress=progress), mask
 
 

@@ -170,3 +170,18 @@ def test_methods_json_lists_both_registries():
     assert occlusion["covers_every_class"] is True
     text = run_cli("methods")
     assert text.returncode == 0 and "gradcam" in text.stdout and "relabel" in text.stdout
+
+
+def test_invert_runs_a_hole_filling_preset_that_changes_only_the_hole(tmp_path):
+    from PIL import Image
+
+    from engine import classify, inversion, models
+
+    result = run_cli("invert", "chelsea", "--preset", "hole-tiger", "--steps", "3", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    handle = models.load_model()
+    photo = images.to_uint8(classify.image_tensor(handle, images.load_sample("chelsea")))
+    hole = inversion.preset_mask(inversion.PRESETS["hole-tiger"], handle.input_size) > 0
+    final = np.asarray(Image.open(tmp_path / "chelsea_tiger.png"))
+    assert np.array_equal(final[~hole], photo[~hole])  # outside the hole: the photo, bit for bit
+    assert not np.array_equal(final[hole], photo[hole])  # the hole was erased and refilled

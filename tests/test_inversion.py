@@ -233,8 +233,155 @@ def test_presets_build_configs_and_masks(lite0):
     for preset in inversion.PRESETS.values():
         config = preset.config(lite0)
         assert (config.jitter == 0) == (config.optimizer == "lbfgs")
+        assert config.content_loss == "mse"  # every preset: the feature MSE, as the paper's code
         mask = inversion.preset_mask(preset, lite0.input_size)
         assert (mask is None) == (preset.mask is None)
+        assert not preset.hole or mask is not None
+
+
+def test_every_row_of_the_results_figure_is_a_preset():
+    """The figure's 17 rows, in its order: six from the dog photo, four from the cat, three holes, four jittered."""
+    groups = [preset.group for preset in inversion.PRESETS.values()]
+    assert len(groups) == 17 and groups == ["dog"] * 6 + ["cat"] * 4 + ["holes"] * 3 + ["jitter"] * 4
+    labels = [preset.label for preset in inversion.PRESETS.values()]
+    assert labels[3] == "Brown bear (-1e-11, 0, 1e-6)" and labels[10:13] == [
+        "Hole-filling with tiger label", "Hole-filling with bear label", "Hole-filling with gecko label"]
+    for preset in inversion.PRESETS.values():
+        printed = preset.label.rsplit("(", 1)[-1].rstrip(")") if "(" in preset.label else None
+        if printed is not None:  # the label prints the paper's numbers; the weights are those numbers
+            numbers = [float(v) for v in printed.split(",")]
+            assert tuple(numbers) == preset.paper_weights[:len(numbers)]
+        if preset.group == "dog":
+            assert "dog" in preset.note and "cat photo" in preset.note  # why it runs on the cat
+        if preset.jitter:
+            assert preset.optimizer == "gd"  # the paper's jittered rows: simple gradient descent (sec. 4)
+
+
+@pytest.mark.parametrize("name", list(inversion.PRESETS))
+def test_every_preset_reaches_its_target_within_its_steps(lite0, name):
+    """Each row, as the page runs it, on the bundled model: top-1 is its target after its step budget.
+    (About 5-10 s each on one CPU thread; 17 rows.)"""
+    preset = inversion.PRESETS[name]
+    result = inversion.run_preset(lite0, preset)
+    assert result.outcome == "done" and result.steps == preset.steps
+    assert result.final_class == preset.target, lite0.class_names[result.final_class]
+    if preset.hole:
+        outside = inversion.preset_mask(preset, lite0.input_size) == 0
+        assert np.array_equal(result.image[outside], result.original[outside])
+
+
+# -- the content loss two ways (issue 15) ------------------------------------------------------------
+
+
+def brute_gram_content(f: np.ndarray, p: np.ndarray) -> float:
+    """The paper's sec. 2.2 text with Gatys eq. 3-4's normalisation, by loops: 1/(4 N^2 M^2) sum (G - A)^2."""
+    channels = f.shape[0]
+    positions = f.shape[1] * f.shape[2]
+    ff, pp = f.reshape(channels, positions), p.reshape(channels, positions)
+    total = 0.0
+    for i in range(channels):
+        for j in range(channels):
+            g = sum(ff[i, k] * ff[j, k] for k in range(positions))
+            a = sum(pp[i, k] * pp[j, k] for k in range(positions))
+            total += (g - a) ** 2
+    return total / (4 * channels ** 2 * positions ** 2)
+
+
+def test_gram_content_loss_is_the_formula_and_ignores_where_features_are():
+    rng = np.random.default_rng(7)
+    f, p = rng.standard_normal((1, 4, 3, 5)), rng.standard_normal((1, 4, 3, 5))
+    target = inversion.gram_matrix(torch.from_numpy(p))
+    loss = float(inversion.gram_content_loss(torch.from_numpy(f), target))
+    assert loss == pytest.approx(brute_gram_content(f[0], p[0]), rel=1e-12)
+    # Move the image's features to other positions (one permutation for every channel): the Gram
+    # distance is the same, Gatys' feature MSE is not.
+    order = rng.permutation(15)
+    moved = torch.from_numpy(f).flatten(2)[..., order].view(1, 4, 3, 5)
+    assert float(inversion.gram_content_loss(moved, target)) == pytest.approx(loss, rel=1e-12)
+    mse = float(inversion.content_loss(torch.from_numpy(f), torch.from_numpy(p)))
+    assert float(inversion.content_loss(moved, torch.from_numpy(p))) != pytest.approx(mse, rel=1e-3)
+    assert float(inversion.gram_content_loss(torch.from_numpy(p), target)) == 0.0
+
+
+def test_the_content_loss_choice_builds_its_term(tiny):
+    x, original = tiny_image(tiny, 8), tiny_image(tiny, 9)
+    layer, _ = inversion.default_layers(tiny)
+    weights = inversion.LossWeights(content=1e-2)
+    gram = inversion.class_objective(tiny, original, 3, weights, content_layer=layer, style_layers=(),
+                                     content_loss="gram")
+    term = gram.terms[1]
+    assert isinstance(term, inversion.GramContentTerm) and term.name == "content"
+    with torch.no_grad(), hooks.capture(tiny, [layer]) as features:
+        tiny.logits(x)
+    with torch.no_grad(), hooks.capture(tiny, [layer]) as reference:
+        tiny.logits(original)
+    expected = 1e-2 * float(inversion.gram_content_loss(features[layer], inversion.gram_matrix(reference[layer])))
+    assert float(gram.evaluate(tiny, x).weighted["content"]) == pytest.approx(expected, rel=1e-6)
+    mse = inversion.class_objective(tiny, original, 3, weights, content_layer=layer, style_layers=())
+    assert isinstance(mse.terms[1], inversion.ContentTerm)
+    # Paper weights: the Gram distance converts as style does (a Gram matrix, squared), MSE as features squared.
+    assert inversion.LossWeights.from_paper(1e-10, 1e-7, 0, 0, content_loss="gram").content == pytest.approx(
+        inversion.LossWeights.from_paper(0, 1e-10, 0, 0).style)
+    with pytest.raises(ConfigError, match="Unknown content loss"):
+        inversion.invert(tiny, x, 1, inversion.InversionConfig(content_loss="l1", require_change=False))
+    result = inversion.invert(tiny, x, 1, inversion.InversionConfig(content_loss="gram", steps=5,
+                                                                    require_change=False))
+    assert result.config["content_loss"] == "gram" and "content" in result.terms
+
+
+# -- hole-filling (issue 15) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer,jitter", [("lbfgs", 0), ("adam", 8), ("gd", 4)])
+def test_hole_filling_changes_only_the_hole(tiny, optimizer, jitter):
+    x = images.quantize(tiny_image(tiny, 10))
+    hole = inversion.ellipse_mask(tiny.input_size, (0.3, 0.25, 0.75, 0.7))
+    config = inversion.InversionConfig(weights=inversion.LossWeights(tv=1e-3, style=1e-1, content=1e-2),
+                                       optimizer=optimizer, steps=12, jitter=jitter, require_change=False)
+    result = inversion.fill_hole(tiny, x, 5, config, hole=hole)
+    photo, outside = images.to_uint8(x), hole == 0
+    assert np.array_equal(result.original, photo)
+    assert np.array_equal(result.image[outside], photo[outside])  # exactly the photo outside the hole
+    assert all(np.array_equal(pixels[outside], photo[outside]) for _, pixels in result.snapshots)
+    assert (result.image[~outside] != photo[~outside]).mean() > 0.5  # the hole was erased and refilled
+    assert np.array_equal(result.start[outside], photo[outside]) and result.config["mode"] == "hole"
+    assert result.original_class == int(tiny.logits(x).argmax()) and hooks.count_hooks(tiny.model) == 0
+
+
+def test_the_hole_is_erased_from_its_surroundings_only():
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    hole = inversion.rectangle_mask(32, (0.25, 0.25, 0.75, 0.75))
+    other = x.clone()
+    other[..., 8:24, 8:24] = torch.rand(1, 3, 16, 16)  # another picture inside the hole
+    smooth = inversion.erase_hole(x, hole, "smooth")
+    assert torch.equal(smooth, inversion.erase_hole(other, hole, "smooth"))  # nothing of the hole leaks in
+    inside = torch.from_numpy(hole).bool().expand_as(x[0])[None]
+    assert torch.equal(smooth[~inside], x[~inside])
+    assert smooth[inside].min() >= x[~inside].min() and smooth[inside].max() <= x[~inside].max()
+    assert torch.equal(inversion.erase_hole(x, hole, "grey")[inside], torch.full((int(inside.sum()),), 0.5))
+    noise = inversion.erase_hole(x, hole, "noise", seed=3)
+    assert torch.equal(noise, inversion.erase_hole(x, hole, "noise", seed=3)) and noise[inside].std() > 0
+
+
+def test_bad_holes_are_sentences(tiny, lite0, chelsea_tensor):
+    x, size = tiny_image(tiny, 11), tiny.input_size
+    config = inversion.InversionConfig(require_change=False, steps=2)
+    with pytest.raises(ConfigError, match="The hole is empty"):
+        inversion.fill_hole(tiny, x, 1, config, hole=np.zeros((size, size)))
+    with pytest.raises(ConfigError, match="covers the whole image"):
+        inversion.fill_hole(tiny, x, 1, config, hole=np.ones((size, size)))
+    with pytest.raises(ConfigError, match="must match the model's 64 x 64"):
+        inversion.fill_hole(tiny, x, 1, config, hole=np.ones((10, 10)))
+    with pytest.raises(ConfigError, match="needs a hole"):
+        inversion.fill_hole(tiny, x, 1, config, hole=None)
+    hole = inversion.rectangle_mask(size, (0.2, 0.2, 0.6, 0.6))
+    with pytest.raises(ConfigError, match="Unknown fill"):
+        inversion.fill_hole(tiny, x, 1, config, hole=hole, fill="sand")
+    with pytest.raises(ConfigError, match="cannot start from noise"):
+        inversion.fill_hole(tiny, x, 1, inversion.InversionConfig(start="noise"), hole=hole)
+    face = inversion.preset_mask(inversion.PRESETS["hole-tiger"], lite0.input_size)
+    with pytest.raises(ConfigError, match="already calls this image a Egyptian cat"):
+        inversion.fill_hole(lite0, chelsea_tensor, "Egyptian cat", hole=face)
 
 
 # -- the objective as a sum of terms, jitter as a transform (issue 11) -----------------------------

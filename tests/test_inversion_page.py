@@ -209,7 +209,7 @@ def test_a_preset_writes_its_settings_into_the_link_and_keeps_its_name_while_the
     link = dict(at.query_params)
     assert {k: link.get(k) for k in ("preset", "image", "target", "optimizer", "jitter", "steps", "mask", "box_y",
                                      "w_style", "w_tv", "w_colour")} == {
-        "preset": "tiger-body-jitter", "image": "chelsea", "target": "292", "optimizer": "adam", "jitter": "16",
+        "preset": "tiger-body-jitter", "image": "chelsea", "target": "292", "optimizer": "gd", "jitter": "16",
         "steps": "60", "mask": "rectangle", "box_y": "35-100", "w_style": "-1e-12", "w_tv": "0", "w_colour": "1e-11"}
     assert link["box_x"] == "0-100" and "w_content" not in link  # 1e-10 is the default
 
@@ -219,3 +219,75 @@ def test_a_preset_writes_its_settings_into_the_link_and_keeps_its_name_while_the
     assert again.query_params["preset"] == "tiger-body-jitter"
     again.number_input(key="inv_steps").set_value(61).run()
     assert "preset" not in again.query_params  # no longer the paper's row
+
+
+# -- hole-filling, every row a preset, the content loss (issue 15) ------------------------------------
+
+
+def test_hole_filling_mode_fills_only_the_hole_and_lives_in_the_link():
+    at = open_page(image="coffee", model="tiny_test_cnn", target="3", mode="hole")
+    assert not at.error, [e.value for e in at.error]
+    assert at.radio(key="inv_hole_kind").value == "ellipse"  # a hole by default, never none
+    assert any("the hole, erased" in caption for image in at.image for caption in image.captions)
+    assert not any(t.label.startswith("Start from noise") for t in at.toggle)
+    at.radio(key="inv_fill").set_value("grey").run()
+    at.number_input(key="inv_steps").set_value(6).run()
+    run(at)
+    link = dict(at.query_params)
+    assert {link.get(k) for k in ("mode", "fill", "steps")} == {"hole", "grey", "6"} and link.get("hole") is None
+    result = latest_result("coffee: a hole filled as class 3")
+    hole = inversion.ellipse_mask(64, (0.25, 0.2, 0.75, 0.8))  # the default box, 25-75 % x 20-80 %
+    assert np.array_equal(result.image[hole == 0], result.original[hole == 0])
+    assert (result.start[hole > 0] == 128).all()  # mid-grey
+    assert result.config["fill"] == "grey" and result.steps == 6
+    captions = [caption for image in at.image for caption in image.captions]
+    assert any(c.startswith("the hole, erased ·") for c in captions)
+    assert any(c.startswith("before ·") for c in captions)
+    again = reload(at)
+    assert any(b.proto.label == "Final PNG" for b in again.get("download_button"))
+    assert len(jobs_titled("coffee: a hole filled as class 3")) == 1
+
+
+def test_a_hole_that_is_empty_or_everything_is_a_sentence():
+    at = open_page(image="coffee", model="tiny_test_cnn", target="3", mode="hole", hole="rectangle", box_x="0-100",
+                   box_y="0-100")
+    assert any("covers the whole image" in e.value for e in at.error), [e.value for e in at.error]
+    assert next(b for b in at.button if b.label == "Run").disabled
+    at = open_page(image="coffee", model="tiny_test_cnn", target="3", mode="hole", hole="paint")
+    assert any(e.value.startswith("The hole is empty") for e in at.error), [e.value for e in at.error]
+    assert next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_a_hole_filling_preset_sets_the_mode_the_hole_and_its_note():
+    at = open_page(image="coffee")
+    assert len([b for b in at.button if b.key and b.key.startswith("preset_")]) == len(inversion.PRESETS) == 17
+    next(b for b in at.button if b.label == "Hole-filling with gecko label").click().run()
+    assert not at.exception, at.exception
+    link = dict(at.query_params)
+    assert {k: link.get(k) for k in ("preset", "mode", "image", "target", "hole", "box_x", "box_y", "w_tv")} == {
+        "preset": "hole-gecko", "mode": "hole", "image": "chelsea", "target": "38", "hole": None, "box_x": "28-78",
+        "box_y": "18-80", "w_tv": "1e-07"}
+    assert any("Preset *Hole-filling with gecko label*" in c.value
+               and "no hole, weights or steps are printed" in c.value for c in at.caption)
+    again = reload(at)
+    assert again.query_params["preset"] == "hole-gecko" and again.session_state["inv_mode"] == "hole"
+    assert again.radio(key="inv_hole_kind").value == "ellipse" and again.slider(key="inv_box_x").value == (28, 78)
+
+
+def test_a_dog_row_says_it_runs_on_the_cat_and_the_content_loss_choice_is_in_the_link():
+    at = open_page(image="coffee")
+    next(b for b in at.button if b.label == "Brown bear (-1e-11, 0, 1e-6)").click().run()
+    assert at.query_params["preset"] == "brown-bear-3"
+    assert any("no dog photo under a free licence" in c.value for c in at.caption)
+    assert at.radio(key="inv_content_loss").value == "mse"
+    at.radio(key="inv_content_loss").set_value("gram").run()
+    assert at.query_params["content_loss"] == "gram" and "preset" not in at.query_params  # not the row any more
+    assert any("presets use the feature MSE" in c.value for c in at.caption)
+
+
+def test_the_gram_content_loss_runs_from_the_page():
+    at = open_page(image="coffee", model="tiny_test_cnn", target="4", content_loss="gram", w_content="1e-6")
+    at.number_input(key="inv_steps").set_value(4).run()
+    run(at)
+    result = latest_result("coffee → class 4")
+    assert result.config["content_loss"] == "gram" and "content" in result.terms

@@ -7,7 +7,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
+
 OPTIMIZERS = ("lbfgs", "adam", "gd")
+
+# Sec. 2.2's content loss, two ways: "mse" is Gatys' feature MSE (eq. 1), what the paper's code
+# computes and what the presets use; "gram" is the Gram distance the paper's text describes.
+CONTENT_LOSSES = {"mse": "Gatys' feature MSE (eq. 1; the paper's code, the presets)",
+                  "gram": "Gram distance (the paper's text, sec. 2.2)"}
 
 # Calibration of the feature terms on the bundled model (see LossWeights.from_paper).
 FEATURE_GAIN = {"content": 1.0, "style": 0.01}
@@ -27,7 +34,7 @@ class LossWeights:
 
     @classmethod
     def from_paper(cls, content: float, style: float, tv: float, colour: float, *,
-                   std: tuple[float, float, float] = (0.5, 0.5, 0.5)) -> "LossWeights":
+                   std: tuple[float, float, float] = (0.5, 0.5, 0.5), content_loss: str = "mse") -> "LossWeights":
         """Convert a row of the paper's results, e.g. tiger (1e-10, 1e-7, 1e-9, 1e-8), to these units.
 
         The paper ran Caffe's VGG-19 on 0-255 images (mean subtracted), with the losses as sums. The
@@ -44,9 +51,17 @@ class LossWeights:
           gives the paper's outcome (p(tiger) 0.89 in 40 steps); that measured gain is
           :data:`FEATURE_GAIN`. Content needed none (the brown bear row's negative content weight
           behaves as in the paper).
+
+        With ``content_loss="gram"`` the content term is a Gram distance (quadratic in a Gram matrix,
+        like one layer of the style term), so its weight converts as style's does: (255 std)^4 times
+        the style gain. The paper's weights were tuned for its code's feature MSE; a Gram content
+        weight from them is a starting point, not the paper's setting.
         """
+        check_content_loss(content_loss)
         scale = 255.0 * float(np.mean(std))
-        return cls(content=content * scale ** 2 * FEATURE_GAIN["content"],
+        content_unit = (scale ** 2 * FEATURE_GAIN["content"] if content_loss == "mse"
+                        else scale ** 4 * FEATURE_GAIN["style"])
+        return cls(content=content * content_unit,
                    style=style * scale ** 4 * FEATURE_GAIN["style"], tv=tv * 255.0, colour=colour * 255.0 ** 2)
 
 
@@ -66,6 +81,7 @@ class InversionConfig:
     start: str = "image"  # image | noise (sec. 6: the losses then refer to the noise image)
     seed: int = 0
     content_layer: str | None = None  # None: default_layers(handle)
+    content_loss: str = "mse"  # mse: Gatys' feature MSE (the paper's code) | gram: the Gram distance (its text)
     style_layers: tuple[str, ...] | None = None
     colour_threshold: float = 0.3
     snapshots: int | tuple[int, ...] = 8  # how many images to keep, evenly spaced (ends included), or which steps
@@ -77,6 +93,11 @@ class InversionConfig:
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else {"lbfgs": 1.0, "adam": 0.01, "gd": 0.004}[self.optimizer]
+
+
+def check_content_loss(name: str) -> None:
+    if name not in CONTENT_LOSSES:
+        raise ConfigError(f"Unknown content loss '{name}'; use mse (Gatys' feature MSE) or gram (the Gram distance).")
 
 
 @dataclass(frozen=True)

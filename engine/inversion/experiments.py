@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..images import to_uint8
 from ..models import ModelHandle
 from ..progress import Progress
-from .config import FeatureInversionConfig, InversionConfig
+from .config import FeatureInversionConfig, InversionConfig, check_content_loss
 from .loop import InversionResult, LoopConfig, check_optimizer, optimise, start_image
 from .objective import class_objective, default_layers, feature_objective
 from .transforms import Jitter, Transform
@@ -25,26 +25,36 @@ def invert(handle: ModelHandle, x: torch.Tensor, target: int | str, config: Inve
     ``mask`` (sec. 2.3) is the area that may change; ``observer.append(dict)`` receives each step's
     record; ``progress(fraction, message)`` returning False cancels.
     """
-    _check_image(x, handle)
+    check_image(x, handle)
     target = handle.class_index(target)
+    original = start_image(x.to(handle.device, torch.float32), config.start, config.seed)
+    result = class_run(handle, original, target, config, mask=mask,
+                       refuse_top1=config.require_change and config.start == "image", progress=progress,
+                       observer=observer)
+    return replace(result, config=config.as_dict())
+
+
+def class_run(handle: ModelHandle, original: torch.Tensor, target: int, config: InversionConfig, *,
+              mask: np.ndarray | None, refuse_top1: bool, progress: Progress | None = None,
+              observer=None) -> InversionResult:
+    """The loop of class inversion from ``original`` (the image the losses refer to and the run starts
+    from): its objective (sec. 2.2), its jitter, its mask. Shared by :func:`invert` and hole-filling."""
     check_optimizer(config.optimizer)
+    check_content_loss(config.content_loss)
     if config.jitter and config.optimizer == "lbfgs":
         raise ConfigError("L-BFGS cannot take jitter (the paper found the same, sec. 4): its line search needs "
                           "the same function at every try. Use Adam or gradient descent with jitter.")
     loop = LoopConfig(optimizer=config.optimizer, lr=config.learning_rate(), steps=config.steps,
-                      snapshots=config.snapshots, divergence=config.divergence,
-                      refuse_top1=config.require_change and config.start == "image")
+                      snapshots=config.snapshots, divergence=config.divergence, refuse_top1=refuse_top1)
     transforms = jitter_transforms(config.jitter, config.seed)
-    original = start_image(x.to(handle.device, torch.float32), config.start, config.seed)
     content_default, style_default = default_layers(handle)
     objective = class_objective(
         handle, original, target, config.weights,
         content_layer=config.content_layer or content_default,
         style_layers=config.style_layers if config.style_layers is not None else style_default,
-        colour_threshold=config.colour_threshold)
-    result = optimise(handle, original, objective, loop, transforms=transforms, mask=mask, progress=progress,
-                      observer=observer)
-    return replace(result, config=config.as_dict())
+        colour_threshold=config.colour_threshold, content_loss=config.content_loss)
+    return optimise(handle, original, objective, loop, transforms=transforms, mask=mask, progress=progress,
+                    observer=observer)
 
 
 def invert_features(handle: ModelHandle, x: torch.Tensor, config: FeatureInversionConfig = FeatureInversionConfig(), *,
@@ -53,7 +63,7 @@ def invert_features(handle: ModelHandle, x: torch.Tensor, config: FeatureInversi
 
     The result's "before" is the photo (not the starting noise), and its original class the photo's.
     """
-    _check_image(x, handle)
+    check_image(x, handle)
     layer = config.layer or default_layers(handle)[0]
     if layer is None:
         raise ConfigError("This model has no spatial layer to invert.")
@@ -75,7 +85,7 @@ def jitter_transforms(limit: int, seed: int) -> tuple[Transform, ...]:
     return (Jitter(limit, seed=seed),) if limit else ()
 
 
-def _check_image(x: torch.Tensor, handle: ModelHandle) -> None:
+def check_image(x: torch.Tensor, handle: ModelHandle) -> None:
     if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ConfigError("Inversion works on one RGB image at a time, shape (1, 3, H, W).")
     if x.shape[2] != handle.input_size or x.shape[3] != handle.input_size:

@@ -81,6 +81,7 @@ class InversionResult:
     evaluations: int  # forward+backward passes the run needed
     forward_passes: int  # forwards without a backward: the original's features, the end record
     config: dict
+    start: np.ndarray | None = None  # H x W x 3 uint8 when the run started elsewhere: hole-filling's erased photo
 
     @property
     def reached_target(self) -> bool:

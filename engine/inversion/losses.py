@@ -45,8 +45,21 @@ def style_loss(features: list[torch.Tensor], target_grams: list[torch.Tensor]) -
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Gatys eq. 1: 1/2 * sum (F - P)^2."""
+    """Gatys eq. 1: 1/2 * sum (F - P)^2 (what the paper's code computes, via Liu's port of Gatys)."""
     return 0.5 * F.mse_loss(features, target, reduction="sum")
+
+
+def gram_content_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """The content loss as the paper's text describes it (sec. 2.2): "the Euclidean distance of the
+    Gram matrix of the output image at the specified content layer with that of the content image".
+
+    Squared and normalised as Gatys eq. 4 normalises one layer of the style loss:
+    1/(4 N^2 M^2) * sum_ij (G_ij - A_ij)^2, G = F F^T of the image and A the original's Gram matrix
+    (``target_gram``), N channels, M positions. A Gram matrix sums over positions, so this loss does
+    not change when the features are moved around; Gatys' feature MSE (:func:`content_loss`) does.
+    """
+    channels, positions = features.shape[1], features.shape[2] * features.shape[3]
+    return F.mse_loss(gram_matrix(features), target_gram, reduction="sum") / (4 * channels ** 2 * positions ** 2)
 
 
 def representation_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

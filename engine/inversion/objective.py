@@ -14,9 +14,10 @@ import torch
 from ..errors import ConfigError
 from ..hooks import capture
 from ..models import LayerInfo, ModelHandle
+from .config import check_content_loss
 from .losses import gram_matrix
-from .terms import (AlphaNormTerm, ClassificationTerm, ColourTerm, ContentTerm, Features, RepresentationTerm,
-                    StyleTerm, Term, TotalVariationTerm, TVBetaTerm)
+from .terms import (AlphaNormTerm, ClassificationTerm, ColourTerm, ContentTerm, Features, GramContentTerm,
+                    RepresentationTerm, StyleTerm, Term, TotalVariationTerm, TVBetaTerm)
 from .transforms import Transform, apply_transforms
 
 
@@ -92,11 +93,15 @@ def reference_features(handle: ModelHandle, original: torch.Tensor, layers: Sequ
 
 
 def class_objective(handle: ModelHandle, original: torch.Tensor, target: int, weights, *,
-                    content_layer: str | None, style_layers: Sequence[str], colour_threshold: float = 0.3) -> Objective:
+                    content_layer: str | None, style_layers: Sequence[str], colour_threshold: float = 0.3,
+                    content_loss: str = "mse") -> Objective:
     """Sec. 2.2: cross-entropy to the target (x1) + the weighted content, style, TV and colour terms.
 
     ``weights`` is a :class:`~.config.LossWeights`; a term of weight 0 is left out altogether.
+    ``content_loss`` is "mse" (Gatys' feature MSE, :class:`ContentTerm`) or "gram" (the Gram
+    distance of the paper's text, :class:`GramContentTerm`).
     """
+    check_content_loss(content_loss)
     if weights.content and not content_layer:
         raise ConfigError("This model has no spatial layer to measure content on; set the content weight to 0.")
     if weights.style and not style_layers:
@@ -106,7 +111,10 @@ def class_objective(handle: ModelHandle, original: torch.Tensor, target: int, we
     layers = tuple(dict.fromkeys(([content_layer] if content_layer else []) + list(style_layers)))
     reference = reference_features(handle, original, layers) if layers else {}
     terms: list[Term] = [ClassificationTerm(target, device=handle.device)]
-    if weights.content:
+    if weights.content and content_loss == "gram":
+        terms.append(GramContentTerm(content_layer, gram_matrix(reference[content_layer]).detach(),
+                                     weight=weights.content))
+    elif weights.content:
         terms.append(ContentTerm(content_layer, reference[content_layer].clone(), weight=weights.content))
     if weights.style:
         terms.append(StyleTerm(style_layers, [gram_matrix(reference[name]).detach() for name in style_layers],

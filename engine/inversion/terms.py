@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .losses import (alpha_norm, colour_similarity, content_loss, representation_loss, style_loss,
-                     total_variation, tv_beta)
+from .losses import (alpha_norm, colour_similarity, content_loss, gram_content_loss, representation_loss,
+                     style_loss, total_variation, tv_beta)
 from .transforms import Align, same_frame
 
 
@@ -72,6 +72,20 @@ class ContentTerm(Term):
 
     def __call__(self, image, features):
         return content_loss(features[self.layers[0]], features.align(self.reference))
+
+
+class GramContentTerm(Term):
+    """Sec. 2.2 as the paper's text words it: the Gram matrices' squared distance at the content layer
+    (:func:`~.losses.gram_content_loss`). It is the content term (its name is "content"), measured
+    the other way; Gram matrices ignore position, so jitter needs no alignment."""
+
+    name = "content"
+
+    def __init__(self, layer: str, reference_gram: torch.Tensor, *, weight: float) -> None:
+        self.layers, self.reference_gram, self.weight = (layer,), reference_gram, weight
+
+    def __call__(self, image, features):
+        return gram_content_loss(features[self.layers[0]], self.reference_gram)
 
 
 class StyleTerm(Term):
