@@ -28,16 +28,31 @@ from engine.patterns.losses import PatternLossWeights
 from streamlit_app import (dump_bool, page_header, parse_bool, set_url_value, show_job, start_job, url_value,
                            url_widget)
 
-MODES = {"generate": "Generate", "train": "Train a generator", "quick": "Quick mode (no GAN)"}
-DEFAULT_CLASSES = ["goldfish", "zebra", "flamingo", "jaguar", "giant panda"]
-SUBSTRATE_SOURCES = {"garment": "A generated garment", "upload": "Your own garment photo"}
+MODES = {"generate": "Generate", "quality": "Quality report", "classic": "Fig. 2: classic GAN",
+         "train": "Train a generator", "quick": "Quick mode (no GAN)"}
+DEFAULT_CLASSES = ["goldfish", "zebra", "flamingo", "jaguar", "giant panda", "tabby"]
+SUBSTRATE_SOURCES = {"garment": "A generated garment", "heldout": "A held-out garment",
+                     "upload": "Your own garment photo"}
+UNSEEN_NETWORK = "efficientnet_lite2"  # never a critic of the shipped generator: its top-5 is the test of a pattern
+GENERATE_PRESETS = {  # label -> held-out garment, classes and weights (the shipped generator's classes)
+    "Zebra on a tote bag": ("tote-bag-1", (("zebra", 1.0),)),
+    "Tabby on a mitten": ("mitten-2", (("tabby", 1.0),)),
+    "Jaguar on a backpack": ("backpack-2", (("jaguar", 1.0),)),
+    "Flamingo on a poncho": ("poncho-1", (("flamingo", 1.0),)),
+    "Giant panda on a cap": ("cap-1", (("giant panda", 1.0),)),
+    "Zebra + goldfish mixed": ("jumpsuit-1", (("zebra", 1.0), ("goldfish", 0.6))),
+}
 DEFAULT_COLOUR = "#5a78c8"
 QUICK_SIZES = [128, 256]
 NEW_RUN = "(new run)"
-RECIPES = {  # batch, learning rate, loss weights, f(t) sampled as the paper
-    "paper": (2, 2e-4, "3, 10, 50, 150", True),
-    "shipped": (1, 5e-4, "3, 10, 50, 60", False),
+RECIPES = {  # the new-run form's settings for each recipe (session-state keys without "train_")
+    "paper": dict(batch=2, lr=2e-4, weights="3, 10, 50, 150", noise=True, grey=True, ensemble=False, eot=False,
+                  varied=False, crops=3),
+    # the shipped generator's last phase (it started at 3, 100, 50, 10: assets/patterns/README.md)
+    "shipped": dict(batch=1, lr=5e-4, weights="3, 200, 75, 20, 100", noise=False, grey=False, ensemble=True, eot=True,
+                    varied=True, crops=1),
 }
+ENSEMBLE_CRITIC = "efficientnet_lite1"
 RECIPE_LABELS = {"paper": "The paper's settings (sec. 3)",
                  "shipped": "The shipped generator's (faster on a CPU; assets/patterns/README.md)"}
 TRAINING_SOURCES = {"generated": "Generated garments (8 kinds, the paper's augmentations)",
@@ -86,6 +101,10 @@ class NewRunSettings:
     grey: bool
     class_noise: bool
     gradcam: bool
+    ensemble: bool
+    eot: bool
+    varied: bool
+    crops: int
     source: str
     uploads: tuple[Any, ...]
     folder: str
@@ -116,6 +135,17 @@ def substrate_controls(size: int, key: str, *, in_url: bool = False) -> substrat
     source = bound_widget(st.radio, "Substrate", key=f"{key}_source", param="substrate" if in_url else None,
                           default="garment", options=list(SUBSTRATE_SOURCES), horizontal=True,
                           format_func=SUBSTRATE_SOURCES.get)
+    if source == "heldout":
+        from engine.patterns.quality import HELD_OUT_GARMENTS
+
+        files = sorted(p.stem for p in HELD_OUT_GARMENTS.glob("*.png"))
+        if not files:
+            st.error(f"The held-out garments are missing ({HELD_OUT_GARMENTS}); run tools/make_heldout_garments.py.")
+            return None
+        name = bound_widget(st.selectbox, "Held-out garment (a shape the generator never trained on)",
+                            key=f"{key}_heldout", param="heldout" if in_url else None, default=files[0], options=files)
+        picture = np.asarray(images.decode_image((HELD_OUT_GARMENTS / f"{name}.png").read_bytes()))
+        return substrates.substrate_from_picture(picture, size, name=name)
     if source == "garment":
         c1, c2 = st.columns([2, 1])
         with c1:
@@ -210,7 +240,7 @@ def generator_controls() -> GeneratorChoice | None:
     """The shipped generator, a run trained here or an upload; None with a sentence when none loads."""
     runs_with_checkpoints = [p for p in runs.list_runs() if (p / "checkpoint.pt").is_file()]
     sources = ["shipped"] + [f"run:{p.name}" for p in runs_with_checkpoints] + ["upload"]
-    labels = {"shipped": "Shipped generator (5 classes)", "upload": "Upload a checkpoint",
+    labels = {"shipped": "Shipped generator", "upload": "Upload a checkpoint",
               **{f"run:{p.name}": f"Run '{p.name}' trained here" for p in runs_with_checkpoints}}
     source = st.selectbox("Generator", sources, format_func=labels.get, key="gen_generator")
     try:
@@ -256,6 +286,9 @@ def render_generated(handle: models.ModelHandle, loaded: generate.LoadedGenerato
     target = loaded.class_ids[loaded.class_names.index(strongest)]
     render_top5(handle, made.pattern, highlight=target, key="gen_top5", grey=settings.grey,
                 title="The classifier on the pattern" + (" (in grey)" if settings.grey else ""))
+    if handle.name != UNSEEN_NETWORK and UNSEEN_NETWORK not in (loaded.model, *loaded.critics):
+        render_top5(cache.get_handle(UNSEEN_NETWORK), made.pattern, highlight=target, key="gen_top5_unseen",
+                    title="A network the generator never saw")
     st.download_button("Pattern PNG", lambda: images.to_png_bytes(made.pattern), "pattern.png", "image/png")
 
 
@@ -265,11 +298,30 @@ def render_every_class(loaded: generate.LoadedGenerator, made: generate.Generate
         column.image(picture, caption=name, width="stretch")
 
 
+def apply_generate_preset(label: str, names: tuple[str, ...]) -> None:
+    garment, mix = GENERATE_PRESETS[label]
+    st.session_state.update(gen_source="heldout", gen_heldout=garment,
+                            gen_classes=[n for n, _ in mix if n in names])
+    for name, weight in mix:
+        st.session_state[f"gen_w_{name}"] = weight
+
+
+def generate_presets(loaded: generate.LoadedGenerator) -> None:
+    """One click each: a class (or a mix) of the generator on a held-out garment."""
+    usable = [label for label, (_, mix) in GENERATE_PRESETS.items() if all(n in loaded.class_names for n, _ in mix)]
+    if not usable:
+        return
+    for column, label in zip(st.columns(len(usable)), usable):
+        column.button(label, key=f"gen_preset_{label}", on_click=apply_generate_preset,
+                      args=(label, loaded.class_names), width="stretch")
+
+
 def generate_view(handle: models.ModelHandle) -> None:
     choice = generator_controls()
     if choice is None:
         return
     loaded = choice.loaded
+    generate_presets(loaded)
     st.caption(f"A {loaded.size} px generator for {', '.join(loaded.class_names)}, trained {loaded.steps} steps "
                f"against {loaded.model or 'a classifier'}.")
     notice = generate.check_classifier(loaded, handle)
@@ -339,8 +391,8 @@ def train_view(handle: models.ModelHandle) -> None:
 
 
 def apply_recipe() -> None:
-    batch, lr, weights, noise = RECIPES[st.session_state.train_recipe]
-    st.session_state.update(train_batch=batch, train_lr=lr, train_weights=weights, train_noise=noise)
+    recipe = RECIPES[st.session_state.train_recipe]
+    st.session_state.update({f"train_{name}": value for name, value in recipe.items()})
 
 
 def new_run_controls(handle: models.ModelHandle) -> NewRunSettings:
@@ -350,7 +402,7 @@ def new_run_controls(handle: models.ModelHandle) -> NewRunSettings:
     st.radio("Start from", list(RECIPES), horizontal=True, key="train_recipe", on_change=apply_recipe,
              format_func=RECIPE_LABELS.get)
     c1, c2, c3 = st.columns([2, 1, 1])
-    name = c1.text_input("Name", "five-classes", key="train_name")
+    name = c1.text_input("Name", "six-classes", key="train_name")
     size = c2.select_slider("Size (px)", [64, 128, 256, 512], value=128, key="train_size",
                             help="The paper trains at 512 on a GPU; 128 is the CPU default.")
     steps = c3.number_input("Steps", 10, 200_000, 2000, 100, key="train_steps")
@@ -364,9 +416,13 @@ def new_run_controls(handle: models.ModelHandle) -> NewRunSettings:
     c1, c2, c3, c4 = st.columns(4)
     batch = c1.number_input("Batch", 1, 8, key="train_batch", help="The paper: 1-3.")
     lr = c2.number_input("Learning rate", 1e-5, 1e-2, format="%.5f", key="train_lr", help="The paper: 0.0002.")
-    weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate", key="train_weights",
-                                 help="The paper: 3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s.")
-    grey = c4.toggle("Grey to the classifier", True, key="train_grey", help="Sec. 4: the paper found grey better.")
+    weights_text = c3.text_input("Loss weights cGAN, mask, classifier, substrate[, colour]", key="train_weights",
+                                 help="The paper: 3 L_cGAN + 10 L_m + 50 L_VGG + 150 L_s. An optional fifth weight is "
+                                      "our colour term: the garment's colour, averaged over 16 px blocks, should "
+                                      "survive while the pattern (finer than a block) is free.")
+    crops = c3.number_input("Crops for the other classes", 1, 8, key="train_crops",
+                            help="The paper: three random crops must show none of the other classes.")
+    grey = c4.toggle("Grey to the classifier", key="train_grey", help="Sec. 4: the paper found grey better.")
     noise = c4.toggle("Sample f(t) as the paper", key="train_noise",
                       help="The paper draws each active class tile from N(1, 2) ∪ N(-1, 2), which has mean 0: G can "
                            "only tell the class from the draw's spread, and on a CPU budget it learns one pattern for "
@@ -374,6 +430,15 @@ def new_run_controls(handle: models.ModelHandle) -> NewRunSettings:
     gradcam = c4.toggle("Grad-CAM masking", False, key="train_gradcam",
                         help="The extension at the end of sec. 4: the substrate loss is relaxed where Grad-CAM sees "
                              "the class, so the pattern separates from the garment.")
+    ensemble = c1.toggle(f"Also {ENSEMBLE_CRITIC} as a critic", key="train_ensemble",
+                         disabled=handle.name == ENSEMBLE_CRITIC or not models.lite_available(ENSEMBLE_CRITIC),
+                         help="A critic ensemble: the classifier loss is averaged over both networks, so the pattern "
+                              "must convince more than one (our extension, issue 15).")
+    eot = c2.toggle("Random views (EOT)", key="train_eot",
+                    help="Each critic sees the pattern randomly zoomed, shifted, flipped and recoloured: what holds "
+                         "up is a pattern rather than noise tuned to one view (our extension).")
+    varied = c2.toggle("Varied garment shapes", key="train_varied",
+                       help="Generated substrates also include random shapes, sizes, places and shading.")
     source = st.radio("Substrates", list(TRAINING_SOURCES), horizontal=True, key="train_substrates",
                       format_func=TRAINING_SOURCES.get)
     uploads, folder_text = [], ""
@@ -385,11 +450,13 @@ def new_run_controls(handle: models.ModelHandle) -> NewRunSettings:
     run_name, weights, problems = new_run_problems(name, classes, weights_text, source, uploads, folder_text, int(size))
     for problem in problems:
         st.warning(problem)
-    st.caption(f"On this machine one step at {size} px takes about {0.3 * (size / 128) ** 2:.1f} s on the CPU "
-               f"({int(steps) * 0.3 * (size / 128) ** 2 / 60:.0f} min for {int(steps)} steps); the CLI does the same: "
+    per_step = (0.8 if ensemble else 0.3) * (size / 128) ** 2  # measured on a 2-core CPU (docs/benchmarks.md)
+    st.caption(f"On a 2-core CPU one step at {size} px takes about {per_step:.1f} s "
+               f"({int(steps) * per_step / 60:.0f} min for {int(steps)} steps); the CLI does the same: "
                f"`python -m engine patterns train --classes … --steps {int(steps)} --size {size} --out DIR`.")
     return NewRunSettings(run_name, tuple(classes), int(size), int(steps), int(batch), float(lr), weights, bool(grey),
-                          bool(noise), bool(gradcam), source, tuple(uploads), folder_text, tuple(problems))
+                          bool(noise), bool(gradcam), bool(ensemble) and handle.name != ENSEMBLE_CRITIC, bool(eot),
+                          bool(varied), int(crops), source, tuple(uploads), folder_text, tuple(problems))
 
 
 def new_run_problems(name: str, classes: list[str], weights_text: str, source: str, uploads: list, folder_text: str,
@@ -436,7 +503,9 @@ def start_new_run(handle: models.ModelHandle, settings: NewRunSettings) -> None:
         config = training.TrainConfig(classes=tuple(handle.class_index(c) for c in settings.classes),
                                       model=handle.name, size=settings.size, batch=settings.batch, lr=settings.lr,
                                       weights=settings.weights, grayscale=settings.grey, gradcam_mask=settings.gradcam,
-                                      substrates=substrate_dir, class_noise=settings.class_noise)
+                                      substrates=substrate_dir, class_noise=settings.class_noise,
+                                      critics=(ENSEMBLE_CRITIC,) if settings.ensemble else (), eot=settings.eot,
+                                      shapes="varied" if settings.varied else "garments", crops=settings.crops)
         config.validate(handle)
         runs.write_run_config(folder, config, list(settings.classes))
     except GlassboxError as error:
@@ -607,6 +676,101 @@ def quick_view(handle: models.ModelHandle) -> None:
             render_quick_result(handle, settings, status.result)
 
 
+# --- Quality report ---------------------------------------------------------------------------------------
+
+def generator_files() -> dict[str, Path]:
+    """Label -> generator file: the shipped one and every run trained here."""
+    files = {"Shipped generator": generate.SHIPPED}
+    for folder in runs.list_runs():
+        if (folder / "checkpoint.pt").is_file():
+            files[f"Run '{folder.name}' trained here"] = folder / "checkpoint.pt"
+    return files
+
+
+def quality_view(handle: models.ModelHandle) -> None:
+    from engine.patterns import quality
+
+    st.markdown("Each class of a generator painted on garments of **shapes it never trained on** (a tote bag, a "
+                "scarf, a cap, …, in colour), then scored as issue 15 asks: how much it changes the garment, how "
+                "little the white background, how sure its own critic is, and how often networks read the class "
+                "in their top 5 — above all one the generator **never saw**.")
+    files = generator_files()
+    c1, c2 = st.columns([1, 1])
+    label = c1.selectbox("Generator", list(files), key="quality_generator")
+    folder = c2.text_input("Garment folder (empty: the shipped held-out garments)", "", key="quality_folder",
+                           help="Images of garments on a white background; near-white pixels count as background.")
+    path = files[label]
+    if not path.is_file():
+        st.error(f"There is no generator at {path}.")
+        return
+    key = f"pattern-quality|{path}@{path.stat().st_mtime_ns}|{folder.strip()}"
+    if st.button("Score", type="primary", key="quality_run"):
+        start_job(key, quality.quality_run, str(path), folder.strip() or None, title=f"Scoring {label}")
+    status = show_job(key, idle="Press **Score** to paint every class on every garment and score them (about a "
+                                "minute on a CPU).")
+    if status is not None:
+        render_quality(status.result)
+
+
+def render_quality(result: dict) -> None:
+    from engine.patterns.quality import GOALS
+
+    mean = result["mean"]
+    unseen = list(mean["top5"])[-1] if mean["top5"] else None
+    checks = [("Change inside the garment", mean["change_inside"], f"≥ {GOALS['change_inside']}",
+               mean["change_inside"] >= GOALS["change_inside"]),
+              ("Change of the background", mean["change_outside"], f"≤ {GOALS['change_outside']}",
+               mean["change_outside"] <= GOALS["change_outside"]),
+              (f"p(target), {result['critic']}", mean["critic_prob"], f"≥ {GOALS['critic_prob']}",
+               mean["critic_prob"] >= GOALS["critic_prob"])]
+    if unseen:
+        checks.append((f"{unseen} top-5", mean["top5"][unseen], f"≥ {GOALS['unseen_top5']:.0%}",
+                       mean["top5"][unseen] >= GOALS["unseen_top5"]))
+    for column, (name, value, goal, met) in zip(st.columns(len(checks)), checks):
+        shown = f"{value:.0%}" if "top-5" in name else f"{value:.3f}"
+        column.metric(name, shown, f"goal {goal}: {'met' if met else 'not met'}", delta_color="normal" if met else "inverse",
+                      delta_arrow="off")
+    st.caption(f"Means over {len(result['classes'])} classes × {len(result['garments'])} garments; changes are in "
+               "units of the full range (0.10 ≈ 26 of 255 levels).")
+    st.markdown(result["markdown"])
+    st.image(result["gallery"], caption="The first garments (rows): the bare garment, then each class: "
+             + ", ".join(result["class_names"]), width="stretch")
+    report = {k: v for k, v in result.items() if k not in ("gallery", "markdown")}
+    st.download_button("Report JSON", json.dumps(report, indent=1), "pattern-quality.json", "application/json")
+
+
+# --- Fig. 2: the classic GAN -------------------------------------------------------------------------------
+
+def classic_view(handle: models.ModelHandle) -> None:
+    from engine.patterns import classic
+
+    st.markdown("**The paper's Fig. 2.** A *classic* GAN draws the image from noise alone; the conditional GAN "
+                "starts from the garment. Both are asked the same thing by the classifier. The paper found the "
+                "classic GAN \"unable to restore a distribution of unknown nature\": without a substrate nothing "
+                "ties the picture to a garment, and what convinces the classifier is not a print you could wear.")
+    if not classic.SHIPPED_CLASSIC.is_file():
+        st.info(f"No classic GAN is shipped ({classic.SHIPPED_CLASSIC.name} is missing). Train one with "
+                "`python -m engine patterns classic --classes zebra tabby --steps 2000 --out runs/classic "
+                "--export assets/patterns/classic-gan.pt`.")
+        return
+    try:
+        made = cache.classic_comparison(str(classic.SHIPPED_CLASSIC), classic.SHIPPED_CLASSIC.stat().st_mtime_ns,
+                                        str(generate.SHIPPED), generate.SHIPPED.stat().st_mtime_ns)
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    st.caption(f"Classic GAN: {made['steps']} steps against {made['model']}, from noise; cGAN: the shipped "
+               f"generator on a held-out garment. p = {made['model']}'s probability of the class.")
+    for row in made["rows"]:
+        cells = st.columns([1.2] + [1] * (len(row["classic"]) + 1) + [1.5])[:len(row["classic"]) + 2]
+        cells[0].markdown(f"**{row['name']}**")
+        for cell, (picture, prob) in zip(cells[1:], row["classic"]):
+            cell.image(picture, caption=f"classic GAN, p = {prob:.2f}", width="stretch")
+        if row["cgan"] is not None:
+            picture, prob = row["cgan"]
+            cells[-1].image(picture, caption=f"cGAN on a garment, p = {prob:.2f}", width="stretch")
+
+
 # --- The page ---------------------------------------------------------------------------------------------
 
 def mode_control() -> str:
@@ -621,7 +785,8 @@ def main() -> None:
         "wanted class, random crops must show none of the others, and the garment and its white background "
         "should survive.")
     mode = mode_control()
-    {"generate": generate_view, "train": train_view, "quick": quick_view}[mode](handle)
+    {"generate": generate_view, "quality": quality_view, "classic": classic_view, "train": train_view,
+     "quick": quick_view}[mode](handle)
 
 
 main()

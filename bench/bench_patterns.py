@@ -103,6 +103,39 @@ def training_rows(handle, repeats: int) -> list[list]:
              f"{timings['ours'] / timings['pix2pix']:.2f}"]]
 
 
+def critic_passes(trainer: training.Trainer):
+    """The shipped recipe's classifier work (issue 15): each critic on one random view and one crop,
+    forward and backward, in colour; on the draws of the step the trainer takes next, so the random
+    view's size matches the step it is compared with."""
+    images_, _, target, rng = trainer.batch(trainer.steps_done)
+    x = images_.clone().requires_grad_(True)
+    total = 0
+    for critic in trainer.critics:
+        total = total + trainer.critic_probabilities(critic, x, rng).sum()
+        crops, _ = losses.random_crops(x, count=trainer.config.crops, generator=rng)
+        total = total + training.class_probabilities(critic, crops.flatten(0, 1), trainer.classes, grayscale=False).sum()
+    torch.autograd.grad(total, x)
+
+
+def ensemble_rows(handle, repeats: int) -> list[list]:
+    """A step of the shipped generator's recipe (two critics, random views, batch 1, 1 crop) against its floor."""
+    config = training.TrainConfig(classes=CLASSES + (281,), model=handle.name, size=128, batch=1, grayscale=False,
+                                  critics=("efficientnet_lite1",), eot=True, shapes="varied", crops=1,
+                                  class_noise=False)
+    trainer = training.Trainer(handle, config)
+    timings = interleaved_medians({
+        "pix2pix": lambda: pix2pix_step(trainer),
+        "critics": lambda: critic_passes(trainer),
+        "ours": trainer.step,
+    }, repeats=repeats, warmup=2)
+    floor = timings["pix2pix"] + timings["critics"]
+    return [["pix2pix step (peer)", f"{timings['pix2pix']:.0f}", "-", "1.00"],
+            ["critics: lite0 + lite1, one random view + 1 crop each, forward+backward", f"{timings['critics']:.0f}",
+             "-", "-"],
+            ["ours (Trainer.step, the shipped recipe)", f"{timings['ours']:.0f}", f"x{timings['ours'] / floor:.2f}",
+             f"{timings['ours'] / timings['pix2pix']:.2f}"]]
+
+
 def quality_report(path: Path | None = None, count: int = 20) -> None:
     from engine.patterns import generate, quality
 
@@ -133,6 +166,11 @@ def main(argv=None) -> None:
                   training_rows(handle, 3 if args.quick else 10),
                   ["floor: the pix2pix step plus the classifier passes, each timed alone in the same run"]),
                  args.markdown))
+    print(render(("A step of the shipped recipe (issue 15): 128 px, batch 1, two critics, random views",
+                  ["step", "ms", "x floor (pix2pix + critics)", "ours / pix2pix"],
+                  ensemble_rows(handle, 3 if args.quick else 10),
+                  ["floor: the pix2pix step plus both critics' passes, each timed alone in the same run, on the "
+                   "same steps' draws (the random view's size varies from step to step)"]), args.markdown))
 
 
 if __name__ == "__main__":

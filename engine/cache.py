@@ -288,6 +288,17 @@ def pattern_prediction(model_name: str, digest: str, _picture: np.ndarray, grey:
     return generate.classify_pattern(get_handle(model_name), _picture, grayscale=grey)
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def classic_comparison(classic_file: str, classic_stamp: int, cgan_file: str, cgan_stamp: int) -> dict:
+    """Fig. 2 of the patterns paper beside the cGAN (:func:`engine.patterns.classic.comparison`),
+    keyed by both files and their modification times."""
+    from pathlib import Path
+
+    from .patterns import classic
+
+    return classic.comparison(Path(classic_file), Path(cgan_file))
+
+
 # ---------------------------------------------------------------------------------------------
 # Mind's Eye (Berntsen et al.): the networks, the explorer's single image, Table 1, sweeps, Fig. 5.
 # Every entry is keyed by the weights folder (None: the shipped weights) and a stamp of its files,

@@ -175,17 +175,30 @@ def test_patterns_page_generates_from_the_shipped_generator_and_trains(server, t
         page.goto(f"{server}/patterns?image=chelsea")
         wait_for_app(page, "Every class of this generator on this garment")
         assert not page.get_by_text("Traceback").count()
-        for name in ("goldfish", "zebra", "flamingo", "jaguar", "giant panda"):
+        for name in ("goldfish", "zebra", "flamingo", "jaguar", "giant panda", "tabby"):
             assert page.get_by_text(name, exact=True).count()
+        click_and_wait(page, "Zebra on a tote bag", "Held-out garment (a shape the generator never trained on)")
+        wait_for_app(page, "A network the generator never saw")
         screenshot(page, "patterns-generate")
 
         (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint")
-        page.locator('[data-testid="stSelectbox"]').filter(has_text="Generator").locator("input").click()
+        page.get_by_role("combobox", name="Generator", exact=True).click()
         page.get_by_role("option", name="Upload a checkpoint").click()
         wait_for_app(page, "Upload a checkpoint to generate")
         page.locator('[data-testid="stFileUploader"]').filter(has_text="checkpoint.pt of a run").locator(
             'input[type="file"]').set_input_files(str(tmp_path / "junk.pt"))
         wait_for_app(page, "junk.pt is not a pattern-generator checkpoint")
+
+        page.goto(f"{server}/patterns?image=chelsea&mode=classic")
+        wait_for_app(page, "cGAN on a garment")
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "patterns-fig2")
+
+        page.goto(f"{server}/patterns?image=chelsea&mode=quality")
+        wait_for_app(page, "Press Score")
+        click_and_wait(page, "Score", "Report JSON", timeout_ms=240_000)
+        assert not page.get_by_text("Traceback").count()
+        screenshot(page, "patterns-quality")
 
         page.goto(f"{server}/patterns?image=chelsea&model=tiny_test_cnn&mode=train")
         wait_for_app(page, "Start training")

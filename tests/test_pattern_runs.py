@@ -206,8 +206,10 @@ def test_the_gradcam_mask_holds_the_handles_lock(tiny):
 def test_older_files_call_the_classifier_loss_vgg(tmp_path):
     """Checkpoints, config.json and log.csv written before the rename still load (L_VGG was `vgg`)."""
     shipped = training.read_checkpoint(generate.SHIPPED)
-    assert "vgg" in shipped["config"]["weights"]  # the shipped generator is such a file
-    assert training.config_from_state(shipped).weights == losses.PatternLossWeights(3, 10, 50, 60)
+    weights = dict(shipped["config"]["weights"])
+    weights["vgg"] = weights.pop("classifier", weights.get("vgg"))  # as the first shipped generator (issue 7) wrote it
+    shipped["config"]["weights"] = weights
+    assert training.config_from_state(shipped).weights.classifier == weights["vgg"]
     assert losses.PatternLossWeights.from_dict({"cgan": 1, "mask": 2, "vgg": 3, "substrate": 4}).classifier == 3
     old = runs.train_run(tmp_path / "old", small_config(), 2, checkpoint_every=2)
     checkpoint = tmp_path / "old" / "checkpoint.pt"

@@ -33,13 +33,13 @@ def test_the_page_opens_on_the_shipped_generator_and_paints_every_class():
     pictures = at.main.get("image")
     assert len(pictures) == 3 + len(loaded.class_names)  # substrate, the mix, the change, one per class
     assert [b.proto.label for b in at.get("download_button")] == ["Pattern PNG"]
-    assert len(at.get("plotly_chart")) == 1
-    assert loaded.grayscale and not loaded.class_noise  # trained as the shipped README says
-    assert at.radio(key="gen_grey").value is True  # read in grey, as the classifier saw it in training
-    assert "(in grey)" in str(at.get("plotly_chart")[0].proto)
+    assert len(at.get("plotly_chart")) == 2  # the critic's top 5, and a network the generator never saw
+    unseen = str(at.get("plotly_chart")[1].proto)
+    assert "A network the generator never saw" in unseen and "efficientnet_lite2" in unseen
+    assert not loaded.grayscale and not loaded.class_noise  # trained as the shipped README says
+    assert loaded.critics == ("efficientnet_lite1",)
+    assert not [r for r in at.radio if r.key == "gen_grey"]  # a colour generator: no grey reading to choose
     assert not at.number_input  # constant class tiles: no noise seed to pick
-    at.radio(key="gen_grey").set_value(False).run()
-    assert "(in grey)" not in str(at.get("plotly_chart")[0].proto)
     at.multiselect(key="gen_classes").set_value(["zebra", "jaguar"]).run()
     at.slider(key="gen_w_jaguar").set_value(0.5).run()
     assert not at.exception, at.exception
@@ -125,6 +125,11 @@ def test_the_new_run_form_refuses_what_cannot_train():
     assert at.number_input(key="train_lr").value == pytest.approx(shipped["lr"])
     assert parse_weights(at.text_input(key="train_weights").value) == PatternLossWeights.from_dict(shipped["weights"])
     assert at.number_input(key="train_batch").value == shipped["batch"] and not shipped["class_noise"]
+    assert at.toggle(key="train_grey").value is shipped["grayscale"] is False
+    assert at.toggle(key="train_ensemble").value and tuple(shipped["critics"]) == ("efficientnet_lite1",)
+    assert at.toggle(key="train_eot").value is shipped["eot"] is True
+    assert at.toggle(key="train_varied").value and shipped["shapes"] == "varied"
+    assert at.number_input(key="train_crops").value == shipped["crops"]
     at.text_input(key="train_name").set_value("taken").run()
     at.text_input(key="train_weights").set_value("3, 10, 50").run()
     at.radio(key="train_substrates").set_value("upload").run()
@@ -195,3 +200,78 @@ def test_a_trained_checkpoint_generates(tmp_path):
     again = generate.generate(loaded, garment.image, {0: 1.0, 1: 0.5})
     assert (pattern == again).all()  # the same seed gives the same pattern
     assert images.to_png_bytes(np.asarray(pattern))[:4] == b"\x89PNG"
+
+
+def test_presets_paint_on_held_out_garments():
+    at = open_page(image="chelsea")
+    loaded = generate.load_generator_file(generate.SHIPPED)
+    labels = [b.label for b in at.button if b.key and b.key.startswith("gen_preset_")]
+    assert len(labels) >= 4
+    at.button(key="gen_preset_Zebra + goldfish mixed").click().run()
+    assert not at.exception, at.exception
+    assert at.radio(key="gen_source").value == "heldout" and at.selectbox(key="gen_heldout").value == "jumpsuit-1"
+    assert at.multiselect(key="gen_classes").value == ["zebra", "goldfish"]
+    assert at.slider(key="gen_w_goldfish").value == 0.6
+    assert any("zebra × 1 + goldfish × 0.6" in str(i.proto) for i in at.main.get("image"))
+    assert len(at.main.get("image")) == 3 + len(loaded.class_names)
+
+
+def test_quality_mode_scores_a_run_on_the_held_out_garments():
+    _train_tiny_run(runs.runs_root() / "tiny")
+    at = open_page(model=models.TEST_MODEL, image="chelsea", mode="quality")
+    assert not at.exception, at.exception
+    at.selectbox(key="quality_generator").set_value("Run 'tiny' trained here").run()
+    at.button(key="quality_run").click().run()
+    apptest.wait_for_jobs(timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    metrics = at.get("metric")
+    assert len(metrics) == 4 and "efficientnet_lite2 top-5" in str(metrics[3].proto)
+    assert any("| **mean of 2** |" in m.value for m in at.markdown)
+    assert [b.proto.label for b in at.get("download_button")] == ["Report JSON"]
+    at.text_input(key="quality_folder").set_value("/nonexistent/garments").run()
+    at.button(key="quality_run").click().run()
+    apptest.wait_for_jobs(timeout=120)
+    at.run()
+    assert "There is no folder at /nonexistent/garments" in " ".join(e.value for e in at.error)
+
+
+def test_fig2_mode_sets_the_classic_gan_beside_the_cgan():
+    from engine.patterns import classic
+
+    at = open_page(image="chelsea", mode="classic")
+    assert not at.exception, at.exception
+    names = classic.load_classic(classic.SHIPPED_CLASSIC)[1]
+    captions = [str(i.proto) for i in at.main.get("image")]
+    assert sum("classic GAN, p = " in c for c in captions) == 3 * len(names)
+    assert sum("cGAN on a garment, p = " in c for c in captions) == len(names)  # the shipped cGAN has every class
+
+
+def test_every_generate_preset_paints_its_class_for_the_critic():
+    """Each preset's strongest class is the shipped generator's critic's top 1 on the 8-bit pattern."""
+    from engine.patterns import quality
+    from engine.patterns.substrates import substrate_from_picture
+
+    presets = _generate_presets()
+    loaded = generate.load_generator_file(generate.SHIPPED)
+    critic = models.load_model(loaded.model)
+    for label, (garment, mix) in presets.items():
+        picture = np.asarray(images.decode_image((quality.HELD_OUT_GARMENTS / f"{garment}.png").read_bytes()))
+        pattern = generate.generate(loaded, substrate_from_picture(picture, loaded.size).image,
+                                    {loaded.class_names.index(name): weight for name, weight in mix})
+        strongest = max(mix, key=lambda pair: pair[1])[0]
+        assert generate.classify_pattern(critic, pattern).labels[0] == strongest, label
+
+
+def _generate_presets() -> dict:
+    """GENERATE_PRESETS from the page's source (importing the page would run it)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "app_pages" / "patterns.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(getattr(t, "id", None) == "GENERATE_PRESETS" for t in targets):
+                return ast.literal_eval(node.value)
+    raise AssertionError("GENERATE_PRESETS not found")

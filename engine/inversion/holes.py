@@ -33,6 +33,7 @@ from ..progress import Progress
 from .config import InversionConfig
 from .experiments import check_image, class_run
 from .loop import InversionResult
+from .masks import validate_mask
 
 FILLS = {"smooth": "the colours around it, blurred in", "grey": "mid-grey", "noise": "noise around grey"}
 SMOOTH_SIGMAS = (48.0, 24.0, 12.0, 6.0, 3.0)  # coarse to fine: the finest with enough support wins
@@ -44,12 +45,7 @@ def hole_mask(hole: np.ndarray | None, size: int) -> np.ndarray:
     sentence saying why it cannot be filled."""
     if hole is None:
         raise ConfigError("Hole-filling needs a hole: choose or paint the area to erase and fill.")
-    hole = np.asarray(hole, dtype=np.float32)
-    if hole.shape != (size, size):
-        raise ConfigError(f"The hole is {hole.shape[1] if hole.ndim > 1 else '?'} x {hole.shape[0]} pixels; "
-                          f"it must match the model's {size} x {size} view.")
-    if not np.isfinite(hole).all() or hole.min() < 0 or hole.max() > 1:
-        raise ConfigError("Hole values must lie between 0 and 1.")
+    hole = validate_mask(hole, size, what="hole", empty="choose or paint the area to erase and fill")
     binary = (hole > 0.5).astype(np.float32)
     if not binary.any():
         raise ConfigError("The hole is empty: choose or paint the area to erase and fill.")

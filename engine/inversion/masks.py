@@ -80,18 +80,20 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return mask_from_pixels((mask * 255).astype(np.uint8), size)
 
 
-def validate_mask(mask: np.ndarray | None, size: int) -> np.ndarray | None:
-    """A float32 size x size mask with values in [0, 1], or a sentence saying what is wrong."""
+def validate_mask(mask: np.ndarray | None, size: int, *, what: str = "mask",
+                  empty: str = "paint or choose the area that may change") -> np.ndarray | None:
+    """A float32 size x size mask with values in [0, 1], or a sentence saying what is wrong (``what``
+    names it in the sentence: "mask", "hole")."""
     if mask is None:
         return None
     mask = np.asarray(mask, dtype=np.float32)
     if mask.shape != (size, size):
-        raise ConfigError(f"The mask is {mask.shape[1] if mask.ndim > 1 else '?'} x {mask.shape[0]} pixels; "
+        raise ConfigError(f"The {what} is {mask.shape[1] if mask.ndim > 1 else '?'} x {mask.shape[0]} pixels; "
                           f"it must match the model's {size} x {size} view.")
     if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
-        raise ConfigError("Mask values must lie between 0 and 1.")
+        raise ConfigError(f"{what.capitalize()} values must lie between 0 and 1.")
     if not mask.any():
-        raise ConfigError("The mask is empty: paint or choose the area that may change.")
+        raise ConfigError(f"The {what} is empty: {empty}.")
     return mask
 
 

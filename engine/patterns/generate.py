@@ -19,7 +19,7 @@ from ..models import ModelHandle, Prediction
 from .networks import Generator, tiled_class_input
 
 
-SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "patterns" / "five-classes.pt"
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "patterns" / "six-classes.pt"
 
 
 @dataclass
@@ -34,6 +34,7 @@ class LoadedGenerator:
     model: str
     class_noise: bool = True  # how f(t) was drawn in training (generation draws it the same way)
     grayscale: bool = False  # whether the classifier saw grey images in training
+    critics: tuple[str, ...] = ()  # more classifiers it was trained against (an ensemble), beside ``model``
 
 
 def load_generator(state: dict) -> LoadedGenerator:
@@ -46,7 +47,8 @@ def load_generator(state: dict) -> LoadedGenerator:
         raise CheckpointError(f"The checkpoint's generator does not match its own settings ({type(error).__name__}).") from None
     return LoadedGenerator(generator.eval(), tuple(state["class_names"]), tuple(config["classes"]),
                            int(config["size"]), int(state["steps"]), str(config.get("model", "")),
-                           bool(config.get("class_noise", True)), bool(config.get("grayscale", False)))
+                           bool(config.get("class_noise", True)), bool(config.get("grayscale", False)),
+                           tuple(config.get("critics", ())))
 
 
 def load_generator_file(path: Path) -> LoadedGenerator:

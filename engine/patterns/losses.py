@@ -39,6 +39,7 @@ class PatternLossWeights:
     mask: float = 10.0
     classifier: float = 50.0
     substrate: float = 150.0
+    colour: float = 0.0  # our extension: the substrate's colour at low resolution (:func:`colour_loss`); 0 = off
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +114,14 @@ def substrate_loss(target: torch.Tensor, image: torch.Tensor, weight: torch.Tens
     if weight is not None:
         values = values * weight
     return values.mean()
+
+
+def colour_loss(target: torch.Tensor, image: torch.Tensor, *, cell: int = 16) -> torch.Tensor:
+    """Our extension (issue 15): the substrate's colour should survive where the pattern goes. The mean
+    absolute difference of the two images averaged over ``cell`` x ``cell`` blocks: a pattern (finer
+    than a block) costs nothing, a garment repainted in another colour costs its full difference.
+    L_s, by contrast, charges every pixel the pattern changes."""
+    return (F.avg_pool2d(target, cell) - F.avg_pool2d(image, cell)).abs().mean()
 
 
 def random_crops(images: torch.Tensor, *, count: int = 3, fraction: float = 224 / 512,

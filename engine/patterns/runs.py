@@ -21,7 +21,7 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +85,15 @@ class RunOutcome:
 
 def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps: int, *, resume: bool = False,
               sample_every: int = 200, checkpoint_every: int = 200, distributed: bool = False,
-              device: str | None = None, progress: Progress | None = None) -> RunOutcome:
+              device: str | None = None, progress: Progress | None = None,
+              weights=None) -> RunOutcome:
     """Train until ``steps`` steps in total, writing the run folder (see the module docstring).
 
     ``config`` may be None with ``resume``: the run's own config is used. A ``progress`` callback
     that returns False (the page's Stop, a cancelled job) ends the run after saving the checkpoint,
     so it can be resumed. Top-level and picklable, so a page can run it in its own process.
+    ``weights`` (a :class:`~.losses.PatternLossWeights`), on resume: continue with other loss weights
+    (a schedule); the checkpoint and config.json record the weights in force from then on.
     """
     from .. import models
 
@@ -103,11 +106,11 @@ def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps
         if config is not None and (tuple(config.classes) != saved.classes or config.size != saved.size):
             raise CheckpointError(f"This checkpoint was trained on classes {list(saved.classes)} at {saved.size} px; "
                                   f"the run asks for {list(config.classes)} at {config.size} px.")
-        config = saved
+        config = saved if weights is None else replace(saved, weights=weights)
     elif config is None:
         raise ConfigError("A new run needs its settings.")
     handle = models.load_model(config.model, device=device)
-    trainer = training.Trainer(handle, config, distributed=distributed)
+    trainer = training.Trainer(handle, config, distributed=distributed, warm=not resume)
     if resume:
         trainer.load(checkpoint)
     if steps <= trainer.steps_done:

@@ -72,6 +72,46 @@ def random_substrate(rng: np.random.Generator, size: int) -> Substrate:
     return draw_substrate(garment, size, colour)
 
 
+def random_blob_outline(rng: np.random.Generator, size: int) -> list[tuple[float, float]]:
+    """A random star-shaped outline: a smooth radius around a centre (a few low harmonics), so shapes
+    the eight garments never show -- bags, scarves, caps -- are not new to G."""
+    angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    radius = np.full_like(angles, 1.0)
+    for harmonic in range(1, 5):
+        radius += rng.uniform(-0.35, 0.35) / harmonic * np.cos(harmonic * angles + rng.uniform(0, 2 * np.pi))
+    radius = np.clip(radius, 0.35, None)
+    stretch = rng.uniform(0.5, 1.0, 2)
+    points = np.stack([np.cos(angles) * radius * stretch[0], np.sin(angles) * radius * stretch[1]], 1)
+    points /= np.abs(points).max() * 2.2
+    return [(float(x + 0.5) * size, float(y + 0.5) * size) for x, y in points]
+
+
+def varied_substrate(rng: np.random.Generator, size: int) -> Substrate:
+    """A garment or a random shape, at a random size and place, in a plain colour with soft shading
+    (folds and light, like a photo of a garment on white) -- the ``shapes="varied"`` substrates."""
+    colour = np.array(rng.integers(20, 236, 3), dtype=np.float32)
+    if rng.random() < 0.5:
+        outline = garment_outline(GARMENTS[int(rng.integers(len(GARMENTS)))], size)
+        name = "garment"
+    else:
+        outline, name = random_blob_outline(rng, size), "shape"
+    scale, cx, cy = rng.uniform(0.6, 1.0), *rng.uniform(-0.12, 0.12, 2)
+    outline = [((x - size / 2) * scale + size / 2 + cx * size, (y - size / 2) * scale + size / 2 + cy * size)
+               for x, y in outline]
+    mask = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(mask).polygon(outline, fill=255)
+    inside = np.asarray(mask) > 0
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    light = 1 + rng.uniform(-0.15, 0.15) * (xx - 0.5) + rng.uniform(-0.15, 0.15) * (yy - 0.5)
+    for _ in range(int(rng.integers(0, 4))):  # folds: soft dark ridges
+        angle, offset = rng.uniform(0, np.pi), rng.uniform(0.2, 0.8)
+        distance = np.abs(np.cos(angle) * xx + np.sin(angle) * yy - offset)
+        light -= rng.uniform(0.05, 0.15) * np.exp(-(distance / rng.uniform(0.01, 0.04)) ** 2)
+    image = np.full((size, size, 3), 255.0, dtype=np.float32)
+    image[inside] = np.clip(colour[None] * light[inside][:, None], 0, 250)
+    return Substrate(image.round().astype(np.uint8), ~inside, name)
+
+
 def swap_colour_axes(image: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
     """The paper's colour swap: the colour axes in another order."""
     return image[..., list(order)].copy()
@@ -140,14 +180,17 @@ def load_substrate_folder(folder, size: int) -> list[Substrate]:
     return substrates
 
 
-def substrate_batch(count: int, size: int, *, seed: int = 0, augmented: bool = True) -> list[Substrate]:
-    """``count`` substrates, deterministic by seed (substrate i depends on (seed, i) only)."""
+def substrate_batch(count: int, size: int, *, seed: int = 0, augmented: bool = True,
+                    shapes: str = "garments") -> list[Substrate]:
+    """``count`` substrates, deterministic by seed (substrate i depends on (seed, i) only); ``shapes``
+    "garments" draws the eight outlines, "varied" also random shapes, sizes, places and shading."""
     if count < 1:
         raise ConfigError("Ask for at least one substrate.")
+    draw = varied_substrate if shapes == "varied" else random_substrate
     batch = []
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        substrate = random_substrate(rng, size)
+        substrate = draw(rng, size)
         batch.append(augment(substrate, rng) if augmented else substrate)
     return batch
 

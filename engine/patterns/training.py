@@ -36,6 +36,7 @@ from .networks import Discriminator, Generator, tiled_class_input
 from .substrates import augment, load_substrate_folder, substrate_batch, substrate_tensors
 
 CHECKPOINT_VERSION = 1
+SHAPES = ("garments", "varied")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class TrainConfig:
     gradcam_mask: bool = False
     substrates: str | None = None  # a folder of the user's own substrate images; None: generated garments
     class_noise: bool = True  # f(t) drawn as in the paper; False: constant tiles (see tiled_class_input)
+    critics: tuple[str, ...] = ()  # more frozen classifiers; the classifier loss is averaged over all of them
+    eot: bool = False  # expectation over transformation: each critic sees a randomly moved, zoomed, recoloured view
+    shapes: str = "garments"  # "garments": the eight outlines; "varied": also random shapes, sizes and shading
+    init: str | None = None  # a generator file whose weights start the run (the tensors that fit)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +79,10 @@ class TrainConfig:
             raise ConfigError("The learning rate must be above 0 and at most 0.1 (the paper: 0.0002).")
         if self.size < 16 or self.size & (self.size - 1):
             raise ConfigError(f"The image side must be a power of two, at least 16 (the paper: 512); got {self.size}.")
+        if self.shapes not in SHAPES:
+            raise ConfigError(f"Substrate shapes are one of {', '.join(SHAPES)}; got '{self.shapes}'.")
+        if self.model in self.critics or len(set(self.critics)) != len(self.critics):
+            raise ConfigError("Each critic may appear only once (the training classifier is already one).")
         if self.gradcam_mask and handle.default_layer is None:
             raise ConfigError(f"{handle.name} has no convolutional map for the Grad-CAM mask.")
 
@@ -99,6 +108,40 @@ def classifier_view(handle: ModelHandle, pictures: torch.Tensor, *, grayscale: b
         x = F.interpolate(x, size=(handle.input_size, handle.input_size), mode="bilinear", align_corners=False,
                           antialias=True)
     return x
+
+
+def eot_view(handle: ModelHandle, pictures: torch.Tensor, generator: torch.Generator, *, grayscale: bool,
+             zoom: tuple[float, float] = (0.75, 1.1), shift: float = 0.12, sizes: tuple[float, ...] = (0.875, 1.0, 1.15),
+             ) -> torch.Tensor:
+    """Expectation over transformation (Athalye et al. 2018), our extension of sec. 3's classifier term:
+    the classifier's view of images in [-1, 1] after a random colour jitter (brightness, contrast,
+    saturation), a random horizontal flip, zoom and shift (the border filled with white, like the
+    substrates' background), sampled at a random multiple of the classifier's input size. A pattern
+    that holds up under all of these is a pattern, not noise tuned to one view of one network.
+    Differentiable in ``pictures``; every draw comes from ``generator``.
+    """
+    count = pictures.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(count, generator=generator)
+
+    x = (pictures + 1) / 2
+    brightness, contrast, saturation = uniform(0.8, 1.2), uniform(0.75, 1.25), uniform(0.5, 1.3)
+    luma = grey(x)
+    x = luma + saturation.view(-1, 1, 1, 1) * (x - luma)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * contrast.view(-1, 1, 1, 1) + mean) * brightness.view(-1, 1, 1, 1)
+    x = x.clamp(0, 1)
+    if grayscale:
+        x = grey(x)
+    scale = 1 / uniform(*zoom)  # > 1 zooms out
+    flip = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale * flip, scale
+    theta[:, 0, 2], theta[:, 1, 2] = uniform(-shift, shift) * 2, uniform(-shift, shift) * 2
+    side = round(handle.input_size * sizes[int(torch.randint(len(sizes), (1,), generator=generator))])
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [count, 3, side, side], align_corners=False)
+    return F.grid_sample(x - 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1
 
 
 def class_probabilities(handle: ModelHandle, pictures: torch.Tensor, classes: torch.Tensor, *,
@@ -132,7 +175,7 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 class Trainer:
     """G, D, their Adam optimisers and the step count; :meth:`step` runs one training step."""
 
-    def __init__(self, handle: ModelHandle, config: TrainConfig, *, distributed: bool = False):
+    def __init__(self, handle: ModelHandle, config: TrainConfig, *, distributed: bool = False, warm: bool = True):
         config.validate(handle)
         self.handle, self.config = handle, config
         torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -152,12 +195,17 @@ class Trainer:
         self.classes = torch.tensor(config.classes)
         self.steps_done = 0
         self.pool = load_substrate_folder(config.substrates, config.size) if config.substrates else None
+        from .. import models
+
+        self.critics = [handle] + [models.load_model(name, device=handle.device) for name in config.critics]
+        if config.init and warm:  # not when resuming: the checkpoint holds G already
+            warm_start(self.generator, Path(config.init))
 
     def batch(self, step: int):
         """Substrates, background masks and the one-hot targets of step ``step`` (deterministic)."""
         seed = self.config.seed * 1_000_003 + step * 64 + self.rank
         if self.pool is None:
-            substrates = substrate_batch(self.config.batch, self.config.size, seed=seed)
+            substrates = substrate_batch(self.config.batch, self.config.size, seed=seed, shapes=self.config.shapes)
         else:
             rng = np.random.default_rng([seed, 7])
             picks = rng.choice(len(self.pool), size=self.config.batch, replace=len(self.pool) < self.config.batch)
@@ -172,21 +220,35 @@ class Trainer:
     def generator_losses(self, substrates, background, target, output, rng) -> dict[str, torch.Tensor]:
         """Every term of G's objective (unweighted) and their weighted total."""
         weights = self.config.weights
-        resized = class_probabilities(self.handle, output, self.classes, grayscale=self.config.grayscale)
-        crops, _ = losses.random_crops(output, count=self.config.crops, generator=rng)
-        flat = crops.flatten(0, 1)
-        crop_probs = class_probabilities(self.handle, flat, self.classes, grayscale=self.config.grayscale)
-        crop_probs = crop_probs.view(output.shape[0], self.config.crops, -1)
+        classifier_terms, target_probs = [], []
+        for critic in self.critics:
+            resized = self.critic_probabilities(critic, output, rng)
+            crops, _ = losses.random_crops(output, count=self.config.crops, generator=rng)
+            crop_probs = class_probabilities(critic, crops.flatten(0, 1), self.classes, grayscale=self.config.grayscale)
+            crop_probs = crop_probs.view(output.shape[0], self.config.crops, -1)
+            classifier_terms.append(losses.classifier_loss(resized, crop_probs, target))  # the paper's L_VGG
+            target_probs.append((resized * target).sum(1).mean().detach())
         terms = {
             "adversarial": losses.generator_adversarial_loss(self.d_model(substrates, output)),
             "mask": losses.mask_loss(output, background),
-            "classifier": losses.classifier_loss(resized, crop_probs, target),  # the paper's L_VGG
+            "classifier": torch.stack(classifier_terms).mean(),
             "substrate": self.substrate_term(substrates, output, target),
-            "target_prob": (resized * target).sum(1).mean().detach(),
+            "target_prob": target_probs[0],
         }
         terms["total"] = (weights.cgan * terms["adversarial"] + weights.mask * terms["mask"]
                           + weights.classifier * terms["classifier"] + weights.substrate * terms["substrate"])
+        if weights.colour:  # logged only when on, so older runs' log.csv keep their columns
+            terms["colour"] = losses.colour_loss(substrates, output)
+            terms["total"] = terms["total"] + weights.colour * terms["colour"]
         return terms
+
+    def critic_probabilities(self, critic: ModelHandle, output: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """The critic's probabilities of the run's classes on the whole output: resized (sec. 3), or
+        under a random transformation with ``eot``."""
+        if not self.config.eot:
+            return class_probabilities(critic, output, self.classes, grayscale=self.config.grayscale)
+        view = eot_view(critic, output, rng, grayscale=self.config.grayscale)
+        return critic.logits(view).softmax(1)[:, self.classes]
 
     def substrate_term(self, substrates, output, target) -> torch.Tensor:
         if not self.config.gradcam_mask:
@@ -245,6 +307,29 @@ class Trainer:
         self.steps_done = int(state["steps"])
 
 
+def warm_start(generator: Generator, path: Path) -> int:
+    """Copy every tensor of a saved generator that fits ``generator`` (same name and shape); the
+    first decoder layer, which takes the class tiles, keeps its shared part when the class count
+    differs. Returns how many tensors were copied."""
+    saved = read_checkpoint(path)["generator"]
+    own = generator.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in own.items():
+            value = saved.get(name)
+            if value is None:
+                continue
+            if value.shape == tensor.shape:
+                tensor.copy_(value)
+            elif value.ndim == tensor.ndim and all(a <= b for a, b in zip(value.shape, tensor.shape)):
+                tensor[tuple(slice(0, n) for n in value.shape)] = value  # the bottleneck's channels, then the old classes
+            else:
+                continue
+            copied += 1
+    generator.load_state_dict(own)
+    return copied
+
+
 def config_from_state(state: dict) -> TrainConfig:
     """The TrainConfig a checkpoint was written with (older checkpoints lack the newer options and
     call the classifier loss's weight ``vgg``)."""
@@ -252,6 +337,7 @@ def config_from_state(state: dict) -> TrainConfig:
     known = set(TrainConfig.__dataclass_fields__)
     config = {k: v for k, v in config.items() if k in known}
     config["classes"] = tuple(config["classes"])
+    config["critics"] = tuple(config.get("critics", ()))
     config["weights"] = losses.PatternLossWeights.from_dict(config.get("weights", {}))
     return TrainConfig(**config)
 
