@@ -263,7 +263,9 @@ def test_every_preset_reaches_its_target_within_its_steps(lite0, name):
     (About 5-10 s each on one CPU thread; 17 rows.)"""
     preset = inversion.PRESETS[name]
     result = inversion.run_preset(lite0, preset)
-    assert result.outcome == "done" and result.steps == preset.steps
+    # "stalled": L-BFGS stopped moving, which a row whose loss reaches ~0 in two steps (tabby) may do
+    # under another thread count; never "diverged", never past its budget
+    assert result.outcome in ("done", "stalled") and result.steps <= preset.steps
     assert result.final_class == preset.target, lite0.class_names[result.final_class]
     if preset.hole:
         outside = inversion.preset_mask(preset, lite0.input_size) == 0
