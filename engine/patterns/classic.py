@@ -135,13 +135,14 @@ class ClassicTrainer:
 
 
 def read_classic(path: Path) -> dict:
+    """A classic-GAN checkpoint, read as every pattern checkpoint is (:func:`.training.read_checkpoint`)."""
     try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"There is no checkpoint at {path}.") from None
-    except Exception as error:  # noqa: BLE001 -- an unreadable file is a sentence
-        raise CheckpointError(f"{Path(path).name} is not a classic-GAN checkpoint ({type(error).__name__}).") from None
-    if not isinstance(state, dict) or state.get("kind") != "classic-gan" or "generator" not in state:
+        state = read_checkpoint(Path(path))
+    except CheckpointError as error:
+        if "no checkpoint at" in str(error):
+            raise
+        raise CheckpointError(f"{Path(path).name} is not a classic-GAN checkpoint.") from None
+    if state.get("kind") != "classic-gan":
         raise CheckpointError(f"{Path(path).name} is not a classic-GAN checkpoint.")
     return state
 
@@ -188,13 +189,16 @@ def samples(generator: Generator, classes: int, rows: int = 3) -> np.ndarray:
 
 def load_classic(path: Path) -> tuple[Generator, tuple[str, ...], tuple[int, ...], int]:
     """A shipped or trained classic generator: the network, its class names and ids, its steps."""
-    state = read_classic(path)
+    return classic_from_state(read_classic(path), Path(path).name)
+
+
+def classic_from_state(state: dict, name: str) -> tuple[Generator, tuple[str, ...], tuple[int, ...], int]:
     config = state["config"]
     generator = Generator(len(config["classes"]), size=int(config["size"]), base=int(config["base"]))
     try:
         generator.load_state_dict(state["generator"])
     except RuntimeError:
-        raise CheckpointError(f"{Path(path).name}: the generator does not match its own settings.") from None
+        raise CheckpointError(f"{name}: the generator does not match its own settings.") from None
     return generator.eval(), tuple(state["class_names"]), tuple(config["classes"]), int(state["steps"])
 
 
@@ -210,8 +214,8 @@ def comparison(classic_file: Path, cgan_file: Path, *, samples_per_class: int = 
     from .quality import HELD_OUT_GARMENTS
     from .substrates import substrate_from_picture
 
-    network, names, ids, steps = load_classic(Path(classic_file))
     state = read_classic(Path(classic_file))
+    network, names, ids, steps = classic_from_state(state, Path(classic_file).name)
     handle = models.load_model(state["config"]["model"])
     cgan = load_generator_file(Path(cgan_file)) if Path(cgan_file).is_file() else None
     substrate = None

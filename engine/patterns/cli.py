@@ -208,16 +208,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import images
+    from ..__main__ import read_image
     from .generate import generate, load_generator_file
     from .substrates import substrate_from_picture
 
     loaded = load_generator_file(generator_path(args.checkpoint))
     weights = parse_class_weights(loaded, args.classes)
-    try:
-        data = Path(args.substrate).read_bytes()
-    except OSError:
-        raise ConfigError(f"There is no readable image at {args.substrate}.") from None
-    picture = images.decode_image(data)
+    picture = read_image(args.substrate)  # a file, or a bundled sample's name
     substrate = substrate_from_picture(np.asarray(picture), loaded.size)
     pattern = generate(loaded, substrate.image, weights, seed=args.seed)
     out = Path(args.out)
