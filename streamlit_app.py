@@ -10,17 +10,19 @@ returns the shared :class:`Selection` (model, image). Long work goes through :fu
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import streamlit as st
 from PIL import Image
 
-from engine import cache, images, jobs, models
-from engine.errors import GlassboxError
+from engine import cache, chain, images, jobs, models
+from engine.errors import GlassboxError, ImageError
 
 # The selection of the page run in progress, set by the router for the duration of one run.
 # A thread-local, not session_state: it must never outlive the run that set it.
@@ -43,6 +45,10 @@ class PageEntry:
 PAGES: tuple[PageEntry, ...] = (
     PageEntry("app_pages/home.py", "Home", ":material/home:", "home",
               "What Glassbox is and what each demo shows.", default=True),
+    PageEntry("app_pages/lecture.py", "Lecture", ":material/co_present:", "lecture",
+              "The lecture's story, one step per screen: classify, saliency, occlusion, dissection, anatomy, "
+              "relabel, a universal perturbation and the Mind's Eye, each live on your image; add ?present=1 "
+              "to project it."),
     PageEntry("app_pages/classify.py", "Classify", ":material/bar_chart:", "classify",
               "The chosen image as the model sees it, with its five most likely ImageNet classes."),
     PageEntry("app_pages/anatomy.py", "Anatomy", ":material/biotech:", "anatomy",
@@ -88,12 +94,24 @@ class Selection:
     digest: str
     handle: models.ModelHandle | None
     model_error: str | None
+    origin: chain.Derivation | None = None  # this image's manifest when it was made from another image
 
     def image(self) -> Image.Image:
         return Image.fromarray(cache.decoded_image(self.digest, self.image_bytes))
 
     def array(self) -> np.ndarray:
         return cache.decoded_image(self.digest, self.image_bytes)
+
+    def parent(self) -> tuple[str, bytes, str] | None:
+        """(name, encoded bytes, digest) of the image this one was made from, or None (a root, or
+        the parent is no longer stored): the "original" a page can show beside a derived image."""
+        if self.origin is None or self.origin.parent is None:
+            return None
+        try:
+            derivation, data = chain.load(self.origin.parent)
+        except GlassboxError:
+            return None
+        return derivation.name, data, derivation.digest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +186,8 @@ def class_picker(handle: models.ModelHandle, *, label: str = "Class", key: str =
         except GlassboxError as error:
             st.warning(f"{error} Showing class 0 instead.")
             st.session_state[state_key] = 0
+    else:  # the same key on another page is another widget: hand it the class chosen so far, not index 0
+        st.session_state[state_key] = st.session_state[state_key]
     chosen = st.selectbox(label, range(len(names)), key=state_key, help=help,
                           format_func=lambda i: f"{names[i]}  ({i})")
     set_url_value(key, str(chosen))
@@ -178,9 +198,55 @@ def class_picker(handle: models.ModelHandle, *, label: str = "Class", key: str =
 # The frame
 
 
+# A bundled file, not a ":material/...:" icon: Streamlit fetches those from fonts.gstatic.com on every
+# page load, which fails in a classroom without internet (bench/bench_load.py counted the requests).
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+
+
 def setup_page() -> None:
-    st.set_page_config(page_title="Glassbox", page_icon=":material/visibility:", layout="wide",
-                       initial_sidebar_state="expanded")
+    present = presenter_mode()
+    st.set_page_config(page_title="Glassbox", page_icon=str(FAVICON), layout="wide",
+                       initial_sidebar_state="collapsed" if present else "expanded")
+    if present:
+        st.html(PRESENTER_CSS)
+        st.sidebar.button("Leave presenter mode", key="leave_present_sidebar", on_click=leave_presenter_mode)
+
+
+# Presenter mode (?present=1): for a 1280x720 projector, read from the back of a room. Streamlit sizes
+# its text and widgets in rem, so a larger root font enlarges everything at once; the top padding is
+# trimmed so a step's demo fits on one screen.
+PRESENTER_CSS = """<style>
+html { font-size: 21px; }
+[data-testid="stMainBlockContainer"] { padding: 2.5rem 2.5rem 1rem; max-width: 100%; }
+[data-testid="stHeader"] { height: 2.3rem; min-height: 2.3rem; }
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p { font-size: 0.95rem; }
+</style>"""
+
+
+def presenter_mode() -> bool:
+    """Whether the app is being projected: ``?present=1`` turns it on for the session (every page), ``0``
+    off. It is kept in the session and written back to the link on every page, because switching pages
+    drops the link's parameters."""
+    raw = url_value("present")
+    if raw is not None:
+        try:
+            st.session_state["_present"] = parse_bool(raw)
+        except ValueError:
+            _notify(f"The link's present={raw!r} is not 1 or 0; presenter mode stays "
+                    f"{'on' if st.session_state.get('_present') else 'off'}.")
+    on = bool(st.session_state.get("_present", False))
+    set_url_value("present", "1" if on else None)
+    return on
+
+
+def enter_presenter_mode() -> None:
+    st.session_state["_present"] = True
+    st.query_params["present"] = "1"
+
+
+def leave_presenter_mode() -> None:
+    st.session_state["_present"] = False
+    st.query_params.pop("present", None)
 
 
 def _model_options() -> list[str]:
@@ -280,58 +346,220 @@ def _load_checkpoint(weights, arch, names, mean, std) -> None:
     st.rerun()
 
 
-def _sidebar_image() -> tuple[str, bytes, str]:
+def _sidebar_image() -> tuple[str, bytes, str, chain.Derivation | None]:
+    """The sidebar's image: a sample (by name in the URL) or an upload / a page's result (by content
+    hash in the URL, ``image=h-<16 hex>``, kept in engine/chain.py's store so a reload finds it)."""
     samples = images.list_samples()
-    if "_next_image" in st.session_state:  # set by a page (a click on an image of a set): it acts as an upload
-        name, data = st.session_state.pop("_next_image")
-        st.session_state["upload"] = (name, data, images.image_digest(data))
-        st.session_state["image_source"] = "upload"
-        st.session_state.pop("_upload_error", None)
+    if "_next_image" in st.session_state:  # set by a page (use_image): it acts as an upload
+        pending = st.session_state.pop("_next_image")
+        name, data = pending[0], pending[1]
+        _set_upload(name, data, pending[2] if len(pending) > 2 and pending[2] is not None else _remember(name, data))
     if "_next_sample" in st.session_state:  # set by a page preset after the picker was drawn
         st.session_state["sample"] = st.session_state.pop("_next_sample")
         st.session_state["image_source"] = "sample"
     if "sample" not in st.session_state:
-        wanted = url_value("image", DEFAULT_SAMPLE)
+        wanted = str(url_value("image", DEFAULT_SAMPLE))
         st.session_state["sample"] = wanted if wanted in samples else DEFAULT_SAMPLE
-        if wanted not in samples and not str(wanted).startswith("upload"):
+        if wanted.startswith("h-") and "upload" not in st.session_state and not _open_stored(wanted):
+            _notify(f"The link pointed at an image kept by its hash ({wanted}), which this server does not have "
+                    "(it may have been removed to make room, or the link comes from another server); showing a "
+                    "sample instead.")
+        elif wanted not in samples and not wanted.startswith(("upload", "h-")):
             _notify(f"The link asked for a sample called '{wanted}', which does not exist; showing {DEFAULT_SAMPLE}.")
-        if str(wanted).startswith("upload") and "upload" not in st.session_state:
+        if wanted.startswith("upload") and "upload" not in st.session_state:
             _notify("The link pointed at an uploaded image, which only lives in its own browser session; showing a sample instead.")
         st.session_state.setdefault("image_source", "sample")
     st.selectbox("Sample image", samples, key="sample", on_change=_use_sample,
                  format_func=lambda s: s.replace("_", " "))
     uploaded = st.file_uploader("…or upload your own", type=None, key="upload_widget", on_change=_use_upload,
                                 max_upload_size=images.MAX_BYTES // (1024 * 1024),
-                                help="PNG, JPEG, WEBP, GIF (first frame), BMP or TIFF, up to 40 megapixels.")
+                                help="PNG, JPEG, WEBP, GIF (first frame), BMP or TIFF, up to 40 megapixels; or a "
+                                     "chain ZIP from \"Download the chain (ZIP)\", which brings back its last image "
+                                     "and where it came from.")
     if uploaded is not None and st.session_state.get("_pending_upload"):
         st.session_state["_pending_upload"] = False
         data = uploaded.getvalue()
         try:
-            images.decode_image(data)
+            if data[:2] == b"PK" or uploaded.name.lower().endswith(".zip"):  # a chain ZIP: its leaf, with its origin
+                leaf = chain.import_zip(data)
+                _set_upload(leaf.name, chain.load(leaf.digest)[1], leaf)
+            else:
+                images.decode_image(data)
+                _set_upload(uploaded.name, data, _remember(uploaded.name, data))
         except GlassboxError as error:
             st.session_state["_upload_error"] = f"{uploaded.name}: {error}"
-        else:
-            st.session_state["upload"] = (uploaded.name, data, images.image_digest(data))
-            st.session_state.pop("_upload_error", None)
+            st.session_state["image_source"] = st.session_state.get("_source_before_upload", "sample")
     if st.session_state.get("_upload_error"):
         st.error(st.session_state["_upload_error"] + " The previous image is kept.")
+    origin = None
     if st.session_state.get("image_source") == "upload" and "upload" in st.session_state:
         name, data, digest = st.session_state["upload"]
-        set_url_value("image", f"upload-{digest[:8]}")
+        origin = st.session_state.get("upload_origin")
+        set_url_value("image", chain.url_token(digest) if _is_stored(digest) else f"upload-{digest[:8]}")
         st.caption(f"Showing **{name}**.")
-        st.button("Back to the sample", on_click=_use_sample, key="back_to_sample")
+        if origin is None:
+            st.button("Back to the sample", on_click=_use_sample, key="back_to_sample")
     else:
         name = st.session_state["sample"]
         data = images.sample_bytes(name)
         digest = images.image_digest(data)
         set_url_value("image", name)
-    return name, data, digest
+    return name, data, digest, origin
 
 
-def use_image(name: str, data: bytes) -> None:
-    """Make ``data`` (encoded image bytes) the current image of every page, as an upload would, and rerun."""
-    st.session_state["_next_image"] = (name, data)
+def _set_upload(name: str, data: bytes, derivation: chain.Derivation | None) -> None:
+    """Make encoded ``data`` the current image; ``derivation`` is its manifest (an origin only when it
+    names a parent)."""
+    st.session_state["upload"] = (name, data, images.image_digest(data))
+    st.session_state["upload_origin"] = (derivation if derivation is not None and (derivation.parent or derivation.operation)
+                                         else None)
+    st.session_state["image_source"] = "upload"
+    st.session_state.pop("_upload_error", None)
+
+
+def _remember(name: str, data: bytes) -> chain.Derivation | None:
+    """Keep an upload (a root) in the chain store, so its link works after a reload. Bytes stored
+    before with a parent keep that manifest, which is then returned (the image remembers its origin).
+    None when it cannot be stored (a full disk): the image still works, its link does not."""
+    try:
+        return chain.store(data, name=name)
+    except (GlassboxError, OSError):
+        return None
+
+
+def _is_stored(digest: str) -> bool:
+    try:
+        return chain.find(digest) is not None
+    except GlassboxError:
+        return False
+
+
+def _open_stored(token: str) -> bool:
+    """Open a link's ``h-...`` image from the store; False when this server does not have it."""
+    digest = chain.digest_from_token(token)
+    if digest is None:
+        return False
+    try:
+        derivation, data = chain.load(digest)
+    except GlassboxError:
+        return False
+    _set_upload(derivation.name, data, derivation)
+    return True
+
+
+def _sidebar_chain(origin: chain.Derivation) -> None:
+    """Under the sidebar image of a derived image: where it came from, the way back, the chain ZIP."""
+    links = chain.lineage(origin.digest)  # root first; the parent is the one before last
+    made = f"Made on {origin.page}" if origin.page else "Made"
+    if origin.parent is None:  # made from something other than a sidebar image (a garment, a render)
+        st.caption(f"{made} by {origin.operation or 'a page'}")
+        st.button("Back to the sample", on_click=_use_sample, key="back_to_sample")
+        return
+    parent_name = _link_name(links[-2]) if len(links) >= 2 else "an image that is no longer stored"
+    st.caption(f"{made} by {origin.operation or 'a page'} from **{parent_name}**")
+    st.button("Back to the original", on_click=_back_to_original, args=(links[0].digest if links else None,),
+              key="back_to_original", help="The first image of this chain (the sample or upload it started from).")
+    if len(links) >= 2:
+        if len(links) > 2:
+            with st.expander(f"The chain ({len(links)} images)"):
+                for number, link in enumerate(links):
+                    how = f" · {link.operation} on {link.page}" if link.operation else ""
+                    st.caption(f"{number}. **{_link_name(link)}**{how}")
+        st.download_button("Download the chain (ZIP)", functools.partial(chain.export_zip, origin.digest),
+                           file_name=f"{chain._slug(origin.name)}-chain.zip", mime="application/zip",
+                           key="chain_zip", icon=":material/download:",
+                           help="Every image of the chain with its manifest; upload the ZIP here to bring it back.")
+
+
+@functools.lru_cache(maxsize=1)
+def _sample_names_by_digest() -> dict[str, str]:
+    return {images.image_digest(images.sample_bytes(name)): name for name in images.list_samples()}
+
+
+def _link_name(link: chain.Derivation) -> str:
+    """A stored image's name: a bundled sample's own name when the bytes are a sample's (the store keeps
+    the first name it saw for some bytes, which may be another session's upload of the same photo)."""
+    return _sample_names_by_digest().get(link.digest, link.name)
+
+
+def _back_to_original(root_digest: str | None) -> None:
+    try:
+        root, data = chain.load(root_digest or "")
+    except GlassboxError:
+        _use_sample()
+        return
+    if root.name in images.list_samples() and images.image_digest(images.sample_bytes(root.name)) == root.digest:
+        st.session_state["sample"] = root.name
+        _use_sample()
+    else:
+        _set_upload(root.name, data, root)
+
+
+def use_image(name: str, data: bytes, *, operation: str | None = None, settings: dict | None = None,
+              from_current: bool = True) -> None:
+    """Make ``data`` (encoded image bytes) the current image of every page, as an upload would, and rerun.
+
+    With ``operation`` (what made it: "I-FGSM → half-track") the image is a derived one: the current
+    image (its parent) and it are kept in engine/chain.py's store with page, settings and model, so
+    the sidebar shows where it came from and the link (``image=h-...``) reopens it after a reload.
+    Without, it is a root (a picked image of a set). ``from_current=False``: a result the page made
+    from something other than the sidebar's image (a painted garment, a rendered object): it keeps its
+    origin (page, operation, settings) but has no parent to compare with. Call it in the page's run
+    (not a callback), so the current selection is known.
+    """
+    derivation = None
+    if operation is not None:
+        selection = getattr(_current, "selection", None)
+        try:
+            parent = _store_current(selection) if selection is not None and from_current else None
+            derivation = chain.store(data, name=name, parent=parent.digest if parent else None,
+                                     page=getattr(_current, "page_title", None), operation=operation,
+                                     settings=settings, model=selection.model_name if selection else None)
+        except ImageError as error:
+            st.error(f"This result cannot be used as the image: {error}")
+            return
+        except (GlassboxError, OSError) as error:
+            _notify(f"The new image is used, but it could not be kept with its origin ({error}), so a reload "
+                    "will not find it.")
+    st.session_state["_next_image"] = (name, data, derivation)
     st.rerun()
+
+
+def _store_current(selection: Selection) -> chain.Derivation:
+    """The current image in the store (the parent of what a page makes from it)."""
+    origin = selection.origin
+    if origin is not None and not _is_stored(selection.digest):  # removed meanwhile: record it again
+        try:
+            return chain.store(selection.image_bytes, name=selection.image_name, parent=origin.parent,
+                               page=origin.page, operation=origin.operation, settings=origin.settings,
+                               model=origin.model)
+        except chain.ChainError:  # its own parent is gone too: it becomes a root
+            pass
+    return chain.store(selection.image_bytes, name=selection.image_name)
+
+
+USE_AS_IMAGE_HELP = ("Make this result the image of every page (the sidebar's image). It remembers where it came "
+                     "from, and the page's link keeps it, so a reload or a shared link opens it again.")
+
+
+USE_AS_NEW_IMAGE_HELP = ("Make this result the image of every page (the sidebar's image). It was not made from the "
+                         "sidebar's image, so it starts a chain of its own; the page's link keeps it.")
+
+
+def use_as_image_button(image: np.ndarray | bytes, *, name: str, operation: str, settings: dict | None = None,
+                        key: str, label: str = "Use as the image", help: str | None = None,
+                        from_current: bool = True) -> None:
+    """The one button every result image gets: on click the result becomes the current image of
+    every page, with its origin (see :func:`use_image`). ``image`` is encoded bytes or a uint8
+    H x W x 3 array (encoded as a lossless PNG only when clicked). ``from_current=False`` for a result
+    not made from the sidebar's image (it has an origin but no original to compare with)."""
+    default_help = USE_AS_IMAGE_HELP if from_current else USE_AS_NEW_IMAGE_HELP
+    if st.button(label, key=key, help=help or default_help, icon=":material/input:"):
+        if isinstance(image, (bytes, bytearray)):
+            data = bytes(image)
+        else:
+            data = images.to_png_bytes(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
+        use_image(name, data, operation=operation, settings=settings, from_current=from_current)
 
 
 def _use_sample() -> None:
@@ -341,6 +569,7 @@ def _use_sample() -> None:
 
 def _use_upload() -> None:
     st.session_state["_pending_upload"] = True
+    st.session_state["_source_before_upload"] = st.session_state.get("image_source", "sample")
     st.session_state["image_source"] = "upload"
 
 
@@ -349,14 +578,16 @@ def render_sidebar() -> Selection:
         st.markdown("### :material/visibility: Glassbox")
         model_name, handle, error = _sidebar_model()
         st.divider()
-        image_name, data, digest = _sidebar_image()
+        image_name, data, digest, origin = _sidebar_image()
         try:
             st.image(cache.decoded_image(digest, data), caption=image_name, width="stretch")
         except GlassboxError as failure:  # a corrupt sample on disk should still not crash the page
             st.error(str(failure))
+        if origin is not None:
+            _sidebar_chain(origin)
     for notice in st.session_state.pop("_notices", []):
         st.info(notice)
-    return Selection(model_name, image_name, data, digest, handle, error)
+    return Selection(model_name, image_name, data, digest, handle, error, origin)
 
 
 def ensure_frame() -> Selection:
@@ -380,10 +611,23 @@ def start_job(key: str, fn: Callable[..., Any], *args: Any, title: str, pool: st
     The key must be built from the page's settings, which live in the URL, so a reload or a second
     tab with the same link computes the same key and finds the same job. ``records=True`` gives the
     work an ``observer`` whose per-step records live (bounded) in the job. A refusal (full queue,
-    work that cannot run in a process) is shown as a sentence and gives None.
+    work that cannot run in a process) is shown as a sentence and gives None. The job's owner is
+    this browser session, so the queue is fair across students (one running job per session,
+    served round-robin; see :class:`engine.jobs.JobRegistry`).
     """
+    import uuid
+
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    context = get_script_run_ctx(suppress_warning=True)
+    owner = None
+    if context is not None:
+        # The session's id, made unique in session state: AppTest gives every session the same
+        # id ("test session id"), while its session state is its own, as a browser session's is.
+        owner = st.session_state.setdefault("_job_owner", f"{context.session_id}|{uuid.uuid4().hex[:8]}")
     try:
-        return jobs.registry(pool).find_or_start(key, fn, *args, title=title, kind=kind, records=records, **kwargs)
+        return jobs.registry(pool).find_or_start(key, fn, *args, title=title, kind=kind, records=records,
+                                                 owner=owner, **kwargs)
     except GlassboxError as error:
         st.error(str(error))
         return None
@@ -398,13 +642,30 @@ LiveView = Callable[[jobs.JobStatus], None]
 
 def show_job(key: str, *, pool: str = "default", live: LiveView | None = None,
              idle: str | None = "Press **Run** to start.", cancel_label: str = "Cancel",
-             cancelled: str = "Cancelled. Press **Run** to start again.") -> jobs.JobStatus | None:
+             cancelled: str = "Cancelled. Press **Run** to start again.",
+             again: Callable[[], Any] | None = None) -> jobs.JobStatus | None:
     """Draw the job for ``key`` as every page does; return its status once it is done.
 
     None yet: the ``idle`` sentence. Queued or running: the shared polling fragment (progress, queue
     position, ETA, Cancel, and ``live(status)`` for the page's live view of ``status.records``);
     when it ends the page reruns by itself. Failed: its sentence. Cancelled: ``cancelled``.
+    Unknown here but started by a server process that is gone (the job journal): "lost when the
+    server restarted", with a button that calls ``again()`` (the page's own start call) and reruns;
+    without ``again`` the sentence points to the page's Run button.
     """
+    lost = jobs.lost_job(key, pool) if find_job(key, pool=pool) is None else None
+    if lost is not None:
+        title = lost.get("title") or "your job"
+        if again is None:
+            st.warning(f"This job ({title}) was lost when the server restarted. "
+                       "Press the page's **Run** button to start it again.")
+        else:
+            st.warning(f"This job ({title}) was lost when the server restarted.")
+            if st.button("Start it again", key=f"again_{abs(hash((pool, key)))}", type="primary"):
+                again()
+                if find_job(key, pool=pool) is not None:  # a refusal (a full queue) keeps its sentence
+                    st.rerun()
+        return None
     done = show_jobs([key], pool=pool, live=live, idle=idle, cancel_label=cancel_label, cancelled=cancelled)
     return done.get(key)
 
@@ -431,11 +692,16 @@ def show_jobs(keys: Sequence[str], *, pool: str = "default", live: LiveView | No
 
 
 def job_row(status: jobs.JobStatus, *, cancel_label: str = "Cancel") -> None:
-    """One job as every page shows it: progress with queue position and ETA, and a Cancel button."""
+    """One job as every page shows it: progress with queue position (or the session's own job it
+    waits for) and ETA, and a Cancel button."""
     where = f" (queued, position {status.queue_position})" if status.queue_position else ""
     eta = f" · about {status.eta_s:.0f} s left" if status.eta_s is not None and not status.finished else ""
+    text = f"{status.title}: {status.message or status.state.value}{where}{eta}"
+    mine = status.owner is not None and status.owner == st.session_state.get("_job_owner")
+    if status.waiting_for and mine and not status.finished:  # one session runs one job at a time
+        text = f"{status.title}: waits for your other job ({status.waiting_for}) to finish"
     c1, c2 = st.columns([5, 1])
-    c1.progress(status.fraction, text=f"{status.title}: {status.message or status.state.value}{where}{eta}")
+    c1.progress(status.fraction, text=text)
     if not status.finished and c2.button(cancel_label, key=f"cancel_{status.id}"):
         jobs.registry(status.pool).cancel(status.id)
 
@@ -467,6 +733,24 @@ def _poll_body(job_ids: tuple[str, ...], pool: str, live: LiveView | None, cance
 
 
 _POLLERS: dict[float, Callable[..., None]] = {}
+
+
+def watch(draw: Callable[[], bool], *, every: float = 2.0) -> None:
+    """Redraw ``draw()`` every ``every`` seconds in the frame's polling fragment, for work this process
+    does not run (a training in another server process, seen through its files); when ``draw``
+    returns False (that work stopped) the whole page reruns."""
+    fragment = _WATCHERS.get(every)
+    if fragment is None:
+        fragment = _WATCHERS.setdefault(every, st.fragment(_watch_body, run_every=every))
+    fragment(draw)
+
+
+def _watch_body(draw: Callable[[], bool]) -> None:
+    if not draw():
+        st.rerun()
+
+
+_WATCHERS: dict[float, Callable[..., None]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,11 +873,13 @@ def navigation_pages() -> list:
 def main() -> None:
     setup_page()
     page = st.navigation(navigation_pages())
+    _current.page_title = page.title  # use_image records the page that made an image
     _current.selection = render_sidebar()
     try:
         page.run()
     finally:
         _current.selection = None
+        _current.page_title = None
 
 
 if __name__ == "__main__":

@@ -91,13 +91,16 @@ def features_job(handle: ModelHandle, choice: SetChoice, imageset, layers: tuple
     if stored is not None:
         return stored
     key = "|".join(["anatomy-features", handle.name, imageset.key, *layers])
-    if st.button(action, type="primary", key=f"an_run_{'_'.join(layers)}"):
+    def start() -> None:
         start_job(key, cache.run_set_features, handle, choice.spec, handle.input_size, layers,
                   title=f"Features of {len(imageset)} images")
+
+    if st.button(action, type="primary", key=f"an_run_{'_'.join(layers)}"):
+        start()
     status = show_job(key, idle=f"Press **{action}**: the set's {len(imageset)} images go through the model once "
                                 f"({len(layers)} layer{'s' if len(layers) > 1 else ''}); the features are kept on "
                                 "disk, so the next visit opens at once.",
-                      cancelled=f"Cancelled. Press **{action}** to start again.")
+                      cancelled=f"Cancelled. Press **{action}** to start again.", again=start)
     return None if status is None else status.result
 
 

@@ -23,8 +23,8 @@ import streamlit as st
 from engine import attacks, cache, images, io, lab_runs
 from engine.errors import GlassboxError
 from engine.models import ModelHandle
-from streamlit_app import (SetChoice, Selection, image_set_controls, open_image_set, page_header, parse_bool,
-                           set_url_value, show_job, start_job, url_widget)
+from streamlit_app import (SetChoice, Selection, dump_bool, image_set_controls, open_image_set, page_header,
+                           parse_bool, set_url_value, show_job, start_job, url_widget, use_as_image_button)
 
 INTRO = ("The lecture's *Fooling ConvNets* half, on many images and many models: one perturbation that fools most "
          "photos (universal), perturbations that carry from one network to another (transfer), accuracy against ε "
@@ -68,7 +68,7 @@ def job(key: str, action: str, start, *, idle: str):
     progress and Cancel while it runs; its result once done."""
     if st.button(action, type="primary", key=f"lab_run_{key}"):
         start()
-    status = show_job(key, idle=idle, cancelled=f"Cancelled. Press **{action}** to start again.")
+    status = show_job(key, idle=idle, cancelled=f"Cancelled. Press **{action}** to start again.", again=start)
     return None if status is None else status.result
 
 
@@ -164,10 +164,11 @@ def universal_view(handle: ModelHandle, selection: Selection) -> None:
                       "images (the result is kept, so the next visit opens at once).")
     if record is None:
         return
-    render_uap(handle, record, train, held, settings)
+    render_uap(handle, record, train, held, settings, selection)
 
 
-def render_uap(handle: ModelHandle, record: dict, train: SetChoice, held: SetChoice, settings: UAPSettings) -> None:
+def render_uap(handle: ModelHandle, record: dict, train: SetChoice, held: SetChoice, settings: UAPSettings,
+               selection: Selection) -> None:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Fooling rate, training set", percent(record["fooling_rate_train"]), help=f"{record['n_train']} images")
     m2.metric("Fooling rate, held-out set", percent(record["fooling_rate_heldout"]), help=f"{record['n_heldout']} images")
@@ -182,6 +183,14 @@ def render_uap(handle: ModelHandle, record: dict, train: SetChoice, held: SetCho
                      f"{255 * float(np.abs(perturbation).max()):.0f} levels)")
     c2.image(example["clean"], width="stretch", caption=f"a held-out photo · {example['clean_label']}")
     c3.image(after, width="stretch", caption=f"plus the perturbation · {example['attacked_label']}")
+    with c3:
+        use_as_image_button(after, name=f"held-out photo + universal perturbation ξ={settings.xi:g}",
+                            operation=f"universal perturbation ξ={settings.xi:g} on a held-out photo",
+                            settings=settings.as_dict(), key="use_uap_heldout", from_current=False,
+                            help="Make this perturbed held-out photo the image of every page. It was not made from "
+                                 "the sidebar's image, so it starts a chain of its own; to perturb the sidebar's "
+                                 "image, turn on \"Add this perturbation to the current image\" below.")
+    render_uap_on_current(handle, selection, perturbation, settings)
     dominant = record["dominant"][:10]
     if dominant:
         figure = go.Figure(go.Bar(x=[d["count"] for d in dominant][::-1], y=[f"{d['name']}  " for d in dominant][::-1],
@@ -197,6 +206,43 @@ def render_uap(handle: ModelHandle, record: dict, train: SetChoice, held: SetCho
     json_download("report.json", lab_runs.uap_report(record), "report.json", "lab_uap_report", d3)
     with st.expander("Fooling rate against training-set size (the lecture's plot)"):
         sizes_view(handle, train, held, settings)
+
+
+def with_perturbation(picture: np.ndarray, perturbation: np.ndarray) -> np.ndarray:
+    """uint8 picture + a perturbation in [0, 1] units, back on the 8-bit grid (as the held-out example)."""
+    return np.clip(np.round((picture / 255.0 + perturbation) * 255), 0, 255).astype(np.uint8)
+
+
+def render_uap_on_current(handle: ModelHandle, selection: Selection, perturbation: np.ndarray,
+                          settings: UAPSettings) -> None:
+    """The same perturbation on the sidebar's image (as the model sees it): "universal" means it should
+    work there too; the result can become the current image, remembered as made from it."""
+    on = url_widget(st.toggle, "Add this perturbation to the current image", key="lab_uap_current",
+                    param="on_current", default=False, parse=parse_bool, dump=dump_bool,
+                    help=f"The sidebar's image ({selection.image_name}) plus this perturbation, classified again.")
+    if not on:
+        return
+    try:
+        view = cache.model_view(handle.name, selection.digest, selection.image_bytes)
+        perturbed = images.to_png_bytes(with_perturbation(view, perturbation))
+        before = cache.prediction(handle.name, selection.digest, selection.image_bytes, handle.num_classes)
+        after = cache.prediction(handle.name, images.image_digest(perturbed), perturbed, handle.num_classes)
+    except (GlassboxError, ValueError) as error:  # ValueError: a perturbation of another size than the view
+        st.error(f"The perturbation cannot be added to {selection.image_name}: {error}")
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.image(view, width="stretch", caption=f"{selection.image_name} · {before.labels[0]}")
+    c2.image(perturbed, width="stretch", caption=f"plus the perturbation · {after.labels[0]}")
+    with c2:
+        use_as_image_button(perturbed, name=f"{selection.image_name} + universal perturbation",
+                            operation=f"universal perturbation ξ={settings.xi:g}",
+                            settings={**settings.as_dict(), "model": handle.name}, key="use_uap_current")
+    if after.indices[0] != before.indices[0]:
+        c3.success(f"Fooled: {handle.name} now says **{after.labels[0]}** ({100 * after.probs[0]:.1f} %) instead of "
+                   f"**{before.labels[0]}** ({100 * before.probs[0]:.1f} %).")
+    else:
+        c3.info(f"Not fooled: {handle.name} still says **{before.labels[0]}** ({100 * after.probs[0]:.1f} %, was "
+                f"{100 * before.probs[0]:.1f} %). A universal perturbation fools most images, not every one.")
 
 
 def sizes_view(handle: ModelHandle, train: SetChoice, held: SetChoice, settings: UAPSettings) -> None:
@@ -369,6 +415,10 @@ def render_minimal(handle: ModelHandle, result, method: str, image_name: str) ->
     TONES[verdict.tone](verdict.text)
     st.download_button("PNG", images.to_png_bytes(result.image), f"{image_name}_{method}.png", "image/png",
                        key=f"lab_min_png_{method}")
+    label = attacks.get_attack(result.attack).label
+    use_as_image_button(result.image, name=f"{image_name} · {label} → {names[result.final_class]}",
+                        operation=f"{label} (minimal perturbation) → {names[result.final_class]}",
+                        settings={"attack": result.attack, **result.config}, key=f"use_minimal_{method}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -249,7 +249,8 @@ def main() -> None:
     settings = dissection_controls(handle, layers)
     if st.button("Dissect", type="primary"):
         start_dissection(handle, settings)
-    status = show_job(settings.job_key(handle.name), idle=IDLE, cancelled="The dissection was cancelled.")
+    status = show_job(settings.job_key(handle.name), idle=IDLE, cancelled="The dissection was cancelled.",
+                      again=lambda: start_dissection(handle, settings))
     if status is not None:
         render_result(handle, selection, settings, status.result)
 

@@ -18,7 +18,7 @@ import streamlit as st
 from engine import cache, images, inversion, jobs, models, plots
 from engine.errors import GlassboxError
 from streamlit_app import (Selection, class_picker, dump_bool, page_header, parse_bool, set_url_value, show_job,
-                           start_job, url_value, url_widget)
+                           start_job, url_value, url_widget, use_as_image_button)
 
 TIGER = 292
 TERM_LABELS = {"content": "Content", "style": "Style", "tv": "Total variation", "colour": "Colour"}
@@ -520,6 +520,15 @@ def render_result(handle: models.ModelHandle, status: jobs.JobStatus, ranking: m
     else:
         c3.image(images.difference_image(result.image, result.original, gain=4.0), width="stretch",
                  caption=f"{'rebuilt minus the photo' if rebuilt else 'the change'} × 4, around mid-grey")
+    if rebuilt:
+        made, operation = f"{name} rebuilt", f"feature inversion from {result.config.get('layer') or 'one layer'}"
+    elif result.start is not None:
+        made, operation = f"{name}, hole filled as {target_label}", f"hole filling → {target_label}"
+    else:
+        made, operation = f"{name} → {target_label}", f"class inversion → {target_label}"
+    with c2:
+        use_as_image_button(result.image, name=made, operation=operation, settings=result.config,
+                            key=f"use_inversion_{key}")
     if result.target is not None and ranking is not None:
         after = cache.inversion_after(handle.name, status.id, result.image)
         b1, b2 = st.columns(2)
@@ -588,10 +597,13 @@ def run_features(handle: models.ModelHandle, selection: Selection, view: np.ndar
     settings, run = feature_controls(handle, layer_names)
     config = settings.config()
     key = job_key("features", handle, selection, config.as_dict(), inversion.mask_digest(None))
-    if run:
+    def start() -> None:
         start_job(key, inversion.invert_features, handle, images.to_tensor(view, device=handle.device), config,
                   title=f"Rebuild from {settings.layer}", records=True)
-    status = show_job(key, live=partial(render_live, target_label=""))
+
+    if run:
+        start()
+    status = show_job(key, live=partial(render_live, target_label=""), again=start)
     if status is not None:
         render_result(handle, status, None, name=selection.image_name, key="features", preset=None,
                       stem=f"{selection.image_name}_features_{settings.layer}", mask_pixels=None)
@@ -616,7 +628,7 @@ def run_class(handle: models.ModelHandle, selection: Selection, view: np.ndarray
         st.info(f"The model already calls this image a {target_label}: pick another class to change it into.")
         return
     live = partial(render_live, target_label=target_label)
-    if run and settings.runnable:
+    def start() -> None:
         x = images.to_tensor(view, device=handle.device)
         if hole:
             start_job(key, inversion.fill_hole, handle, x, settings.target, config, hole=settings.mask.mask,
@@ -629,7 +641,11 @@ def run_class(handle: models.ModelHandle, selection: Selection, view: np.ndarray
             if settings.compare:
                 start_job(unmasked_key, inversion.invert, handle, x, settings.target, config,
                           title=f"{title}, no mask", records=True)
-    status = show_job(key, live=live, idle=IDLE_HOLE if hole else IDLE_CLASS)
+
+    if run and settings.runnable:
+        start()
+    status = show_job(key, live=live, idle=IDLE_HOLE if hole else IDLE_CLASS,
+                      again=start if settings.runnable else None)
     if status is None:
         return
     if settings.compare:

@@ -22,7 +22,8 @@ from plotly.subplots import make_subplots
 from engine import cache, images, jobs, plots
 from engine.errors import GlassboxError
 from engine.minds_eye import attack, data, evaluate, nets, weights
-from streamlit_app import find_job, page_header, set_url_value, show_job, start_job, url_value, url_widget
+from streamlit_app import (find_job, page_header, set_url_value, show_job, start_job, url_value, url_widget,
+                           use_as_image_button)
 
 VIEWS = {"explorer": "Explorer", "table": "Table 1", "effort": "Effort (Fig. 4, 6)", "gallery": "Gallery (Fig. 5)",
          "attack": "Attack live"}
@@ -344,10 +345,13 @@ def table_view(w: Weights) -> None:
     if evaluate.scores_path(n, 0, w.folder).is_file():
         render_table(cache.minds_eye_scores(w.folder, w.digest, n), n, theta, w.digest)
         return
-    if st.button("Score the test set", type="primary"):
+    def start() -> None:
         start_job(key, evaluate.test_scores, n, folder=w.folder, title=f"Scoring {4 * n} test images")
+
+    if st.button("Score the test set", type="primary"):
+        start()
     status = show_job(key, idle=f"Press **Score the test set** to run every network on {4 * n} test images (once; "
-                                "the scores are then kept on disk and Θ recomputes the table at once).")
+                                "the scores are then kept on disk and Θ recomputes the table at once).", again=start)
     if status is not None:
         render_table(status.result, n, theta, w.digest)
 
@@ -459,11 +463,15 @@ def effort_view(w: Weights) -> None:
     if w.nets is None:
         return
     key = f"minds-eye-sweep|{w.folder}|{w.digest}|{settings.kind}|{settings.n}|{settings.max_steps}"
-    if run:
+    def start() -> None:
         start_job(key, evaluate.sweep, settings.kind, settings.n, max_steps=settings.max_steps, folder=w.folder,
                   title=f"Sweep: {settings.kind}, {settings.n} images")
+
+    if run:
+        start()
     status = show_job(key, idle="Press **Run a fresh sweep** to attack the first test images against every network "
-                                "(each step is a forward and a backward pass of every network; Cancel stops it).")
+                                "(each step is a forward and a backward pass of every network; Cancel stops it).",
+                      again=start)
     if status is not None:
         record = status.result.to_json()
         render_effort(record, "fresh")
@@ -673,6 +681,15 @@ def render_step_viewer(records: tuple, original: np.ndarray) -> None:
     right.markdown("At this step: " + verdict_line(record))
 
 
+def use_minds_eye_button(pixels: np.ndarray, *, name: str, key: str) -> None:
+    """"Use as the image" under a Mind's Eye picture (64 px grey). This page does not use the sidebar's
+    image, so the picture becomes a new image of its own (kept by its hash in the link): e.g. to ask the
+    ImageNet model on Classify what it makes of an image that fooled the direct network."""
+    use_as_image_button(np.asarray(pixels, dtype=np.uint8), name=name, operation=name, key=key, from_current=False,
+                        help="Make this 64-pixel grey picture the image of every page. It was not made from the "
+                             "sidebar's image, so it starts a chain of its own.")
+
+
 def render_attack_result(settings: AttackSettings, image: AttackImage, status: jobs.JobStatus) -> None:
     result = status.result
     attacked = weights.CONTENDER_LABELS[result.attacked]
@@ -686,6 +703,9 @@ def render_attack_result(settings: AttackSettings, image: AttackImage, status: j
     c1, c2, c3 = st.columns(3)
     c1.image(zoom(result.original), caption=f"original: {image.caption}")
     c2.image(zoom(result.final), caption=f"adversarial, step {result.steps}")
+    with c2:
+        use_minds_eye_button(result.final, name=f"Mind's Eye attack → {target} ({image.caption})",
+                             key="use_minds_eye_attack")
     change, scale = difference(result.final, result.original)
     c3.image(zoom(change), caption=f"difference ×{scale:.3g}, around mid-grey")
     records = status.records
@@ -707,12 +727,15 @@ def attack_view(w: Weights) -> None:
     if w.nets is None:
         return
     key = attack_key(w, settings, image)
-    if run:
+    def start() -> None:
         start_job(key, cache.minds_eye_live_attack, w.nets, settings.network, image.pixels, settings.target,
                   settings.theta, max_steps=settings.max_steps, snapshot_every=1, records=True,
                   title=f"Attacking {weights.CONTENDER_LABELS[settings.network]} toward {data.CLASSES[settings.target]}")
+
+    if run:
+        start()
     status = show_job(key, live=live_view(settings, image), idle="Press **Attack** to start.", cancel_label="Stop",
-                      cancelled="Stopped. Press **Attack** to start again.")
+                      cancelled="Stopped. Press **Attack** to start again.", again=start)
     if status is not None:
         render_attack_result(settings, image, status)
         return

@@ -13,6 +13,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ from engine.patterns import generate, quick, runs, substrates, training
 from engine.patterns.cli import parse_weights
 from engine.patterns.losses import PatternLossWeights
 from streamlit_app import (dump_bool, page_header, parse_bool, set_url_value, show_job, start_job, url_value,
-                           url_widget)
+                           url_widget, use_as_image_button, watch)
 
 MODES = {"generate": "Generate", "quality": "Quality report", "classic": "Fig. 2: classic GAN",
          "train": "Train a generator", "quick": "Quick mode (no GAN)"}
@@ -276,12 +277,28 @@ def generate_controls(loaded: generate.LoadedGenerator) -> GenerateSettings:
     return GenerateSettings(substrate, weights, int(seed), bool(grey))
 
 
+def use_pattern_button(picture: np.ndarray, *, name: str, key: str) -> None:
+    """"Use as the image" under a painted garment. The garment is not the sidebar's image, so the
+    pattern becomes a new image of its own (kept by its hash in the link, with no original to compare)."""
+    use_as_image_button(picture, name=name, operation=name, key=key, from_current=False,
+                        help="Make this painted garment the image of every page, e.g. to see on Saliency where the "
+                             "classifier looks. It was not made from the sidebar's image, so it starts a chain of its "
+                             "own.")
+
+
+def mix_name(weights: tuple[tuple[str, float], ...], garment: str) -> str:
+    return f"{' + '.join(name for name, _ in weights)} pattern on a {garment}"
+
+
 def render_generated(handle: models.ModelHandle, loaded: generate.LoadedGenerator, settings: GenerateSettings,
                      made: generate.GeneratedPatterns) -> None:
     c1, c2, c3 = st.columns(3)
     c1.image(settings.substrate.image, caption="substrate", width="stretch")
     c2.image(made.pattern, caption=" + ".join(f"{n} × {w:g}" for n, w in settings.weights), width="stretch")
     c3.image(made.change, caption="what G changed (× 3, grey = nothing)", width="stretch")
+    with c2:
+        use_pattern_button(made.pattern, name=mix_name(settings.weights, settings.substrate.garment),
+                           key="use_pattern_gen")
     strongest = max(settings.weights, key=lambda pair: pair[1])[0]
     target = loaded.class_ids[loaded.class_names.index(strongest)]
     render_top5(handle, made.pattern, highlight=target, key="gen_top5", grey=settings.grey,
@@ -360,10 +377,18 @@ def run_job(folder: Path) -> jobs.JobStatus | None:
 
 def start_training(folder: Path, config: training.TrainConfig | None, steps: int, *,
                    resume: bool) -> jobs.JobStatus | None:
-    """A training job in its own process (the training pool); None with a sentence when it is refused."""
+    """A training job in its own process (the training pool); None with a sentence when it is refused.
+
+    The job records this server (pid, boot id) in the run's state.json, so other server processes
+    sharing the cache see who trains it, and its process stops by itself if this server is killed.
+    A run another server process trains is refused here (its trainer would refuse it anyway)."""
+    activity = runs.run_activity(folder)
+    if activity.elsewhere:
+        st.error(activity.busy_sentence())
+        return None
     start = 0 if not resume else (runs.view_run(folder).checkpoint_steps or 0)
     return start_job(f"pattern-train|{folder}|{start}->{steps}|{time.time():.0f}", runs.train_run, str(folder), config,
-                     int(steps), resume=resume, sample_every=25, checkpoint_every=100,
+                     int(steps), resume=resume, sample_every=25, checkpoint_every=100, server=runs.server_owner(),
                      title=f"Training '{folder.name}'", pool="training", kind="process")
 
 
@@ -525,9 +550,16 @@ def render_run(folder: Path) -> None:
                           cancel_label="Stop")
         if status is None:  # still running: the shared fragment shows it, and reruns the page when it ends
             return
+    activity = runs.run_activity(folder)  # what the run's own folder says, whichever server trains it
+    if activity.elsewhere:
+        st.info(activity.busy_sentence())
+        watch(partial(render_remote_run, folder), every=2.0)
+        return
     view = runs.view_run(folder)
     st.caption(run_summary(view))
-    if status is not None and status.state is jobs.JobState.FAILED:
+    if activity.kind == "interrupted" and not activity.here:
+        st.warning(activity.interrupted_sentence())
+    elif status is not None and status.state is jobs.JobState.FAILED:
         where = f"step {view.checkpoint_steps}" if view.checkpoint_steps else "no checkpoint yet"
         st.error(f"The training stopped with an error: {status.error} The last checkpoint is at {where}; "
                  "resume below to continue from it.")
@@ -548,6 +580,23 @@ def render_run(folder: Path) -> None:
             return
         st.rerun()
     render_downloads(folder, view)
+
+
+def render_remote_run(folder: Path) -> bool:
+    """A run another server process trains (same cache): its progress from state.json and its files,
+    redrawn every 2 s by the frame's watch(); False once it stopped (the page then reruns and offers
+    Resume here)."""
+    activity = runs.run_activity(folder)
+    if not activity.elsewhere:
+        return False
+    step, steps = activity.step or 0, activity.steps or 0
+    heard = time.strftime("%H:%M:%S", time.localtime(activity.heartbeat)) if activity.heartbeat else "?"
+    st.progress(min(1.0, step / steps) if steps else 0.0,
+                text=f"Training '{folder.name}' in pid {activity.server_pid}: step {step} of {steps} (last heard {heard})")
+    view = runs.view_run(folder)
+    st.caption(run_summary(view))
+    render_run_results(view)
+    return True
 
 
 def render_live_run(folder: Path) -> None:
@@ -648,6 +697,9 @@ def render_quick_result(handle: models.ModelHandle, settings: QuickSettings, res
     c1.image(settings.substrate.image, caption="substrate", width="stretch")
     c2.image(result.image, caption=f"after {len(result.total)} steps · p = {result.target_prob[-1]:.3f}",
              width="stretch")
+    with c2:
+        use_pattern_button(result.image, name=mix_name(settings.weights, settings.substrate.garment),
+                           key="use_pattern_quick")
     render_top5(handle, result.image, highlight=None, title="The classifier on the result", key="quick_bar")
     st.download_button("Pattern PNG", lambda: images.to_png_bytes(result.image), "pattern.png", "image/png")
 
@@ -665,13 +717,17 @@ def quick_view(handle: models.ModelHandle) -> None:
     with right:
         st.caption("Optimises this one garment's pixels with the GAN's own losses (classifier on the whole image and "
                    "on crops, substrate, mask), with no generator: quick, but it only ever makes one picture.")
-        if st.button("Paint", type="primary"):
+        def start() -> None:
             names = [name for name, _ in settings.weights]
             start_job(key, quick.quick_pattern, handle, settings.substrate.image, settings.substrate.background, names,
                       [weight for _, weight in settings.weights],
                       quick.QuickConfig(steps=settings.steps, grayscale=settings.grey),
                       title=f"Quick pattern: {', '.join(names)}")
-        status = show_job(key, idle="Press **Paint** to start.", cancelled="Cancelled. Press **Paint** to start again.")
+
+        if st.button("Paint", type="primary"):
+            start()
+        status = show_job(key, idle="Press **Paint** to start.", cancelled="Cancelled. Press **Paint** to start again.",
+                          again=start)
         if status is not None:
             render_quick_result(handle, settings, status.result)
 
@@ -704,10 +760,13 @@ def quality_view(handle: models.ModelHandle) -> None:
         st.error(f"There is no generator at {path}.")
         return
     key = f"pattern-quality|{path}@{path.stat().st_mtime_ns}|{folder.strip()}"
-    if st.button("Score", type="primary", key="quality_run"):
+    def start() -> None:
         start_job(key, quality.quality_run, str(path), folder.strip() or None, title=f"Scoring {label}")
+
+    if st.button("Score", type="primary", key="quality_run"):
+        start()
     status = show_job(key, idle="Press **Score** to paint every class on every garment and score them (about a "
-                                "minute on a CPU).")
+                                "minute on a CPU).", again=start)
     if status is not None:
         render_quality(status.result)
 

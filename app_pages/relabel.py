@@ -20,7 +20,7 @@ import streamlit as st
 from engine import attacks, cache, images, io, jobs, models, plots, relabel
 from engine.errors import GlassboxError
 from streamlit_app import (Selection, class_picker, dump_bool, find_job, page_header, parse_bool, set_url_value,
-                           show_job, start_job, url_value, url_widget)
+                           show_job, start_job, url_value, url_widget, use_as_image_button)
 
 HALF_TRACK = 586  # Fig. 1's half-track
 EGYPTIAN_CAT = 285
@@ -270,8 +270,21 @@ def live_steps(handle: models.ModelHandle, target: int | None, cap: float | None
     return live
 
 
-def render_result(handle: models.ModelHandle, status: jobs.JobStatus, start: StartImage) -> None:
-    """Before, difference and after; the numbers; the verdict; the PNG and the manifest."""
+def use_result_button(picture: np.ndarray, start: StartImage, *, name: str, operation: str, settings: dict, key: str,
+                      derived: bool) -> None:
+    """"Use as the image" under a result. A run on the sidebar's image records it as the parent (so
+    Classify and Saliency can compare); a run on the Gaussian image or the swap partner did not start
+    from the sidebar's image, so its result becomes a new image of its own (no original to compare)."""
+    from_current = derived and start.data is not None
+    use_as_image_button(picture, name=name, operation=operation, settings=settings, key=key, from_current=from_current,
+                        help=None if from_current else f"Make this result the image of every page. It was made from "
+                        f"{start.name}, not from the sidebar's image, so it starts a new chain of its own.")
+
+
+def render_result(handle: models.ModelHandle, status: jobs.JobStatus, start: StartImage, *,
+                  derived: bool = True) -> None:
+    """Before, difference and after ("Use as the image" under it); the numbers; the verdict; the PNG and
+    the manifest. ``derived``: the run started from the sidebar's image (not the swap partner)."""
     names = handle.class_names
     result: attacks.AttackResult = status.result
     record = cache.attack_manifest(handle.name, status.id, start.name, start.sha256, result)
@@ -280,6 +293,11 @@ def render_result(handle: models.ModelHandle, status: jobs.JobStatus, start: Sta
     c2.image(relabel.difference_image(result.image, result.original), caption="difference × 10, around mid-grey",
              width="stretch")
     c3.image(result.image, caption=f"relabelled · {names[result.final_class]}", width="stretch")
+    with c3:
+        use_result_button(result.image, start, name=f"{start.name} → {names[result.final_class]}",
+                          operation=f"{attacks.get_attack(result.attack).label} → {names[result.final_class]}",
+                          settings={"attack": result.attack, "target": result.target, **result.config},
+                          key=f"use_relabel_{start.name}", derived=derived)
     quality = record["quality"]
     st.caption(f"distortion {quality['distortion']:.5f} (eq. 3) · largest change {quality['linf_levels']} levels · "
                f"PSNR {quality['psnr_db']:.1f} dB · SSIM {quality['ssim']:.4f}")
@@ -340,7 +358,7 @@ def render_swap(handle: models.ModelHandle, settings: RelabelSettings, partner: 
     st.subheader(f"The swap: {partner.name} into a {handle.class_names[own_class]}")
     status = show_job(key, live=live_steps(handle, own_class, settings.config().as_dict().get("cap")), idle=None)
     if status is not None:
-        render_result(handle, status, partner)
+        render_result(handle, status, partner, derived=False)
     if st.button("Stop swapping"):
         set_url_value("swap", None)
         st.rerun()
@@ -517,10 +535,10 @@ def onestep_view(handle: models.ModelHandle, selection: Selection) -> None:
                   target, cap=float(cap), title=f"One big step vs small steps → {handle.class_names[target]}")
     status = show_job(key, idle=None, cancelled="Cancelled. Change a setting or reload to start again.")
     if status is not None:
-        render_onestep(handle, status.result)
+        render_onestep(handle, status.result, selection.image_name)
 
 
-def render_onestep(handle: models.ModelHandle, compared: relabel.OneStepComparison) -> None:
+def render_onestep(handle: models.ModelHandle, compared: relabel.OneStepComparison, image_name: str) -> None:
     names = handle.class_names
     iterative = compared.iterative
     target = names[compared.target]
@@ -532,6 +550,15 @@ def render_onestep(handle: models.ModelHandle, compared: relabel.OneStepComparis
     c3.image(iterative.image, width="stretch",
              caption=f"{iterative.steps} steps of 1 level · {names[iterative.final_class]} · "
                      f"p({target}) {iterative.target_prob[-1]:.3f} · distortion {iterative.final_distortion:.5f}")
+    settings = {"target": compared.target, "cap": compared.cap}
+    with c2:
+        use_as_image_button(compared.single_image, name=f"{image_name} · one step → {names[compared.single_top1]}",
+                            operation=f"one sign step of {compared.epsilon} levels toward {target}",
+                            settings={**settings, "epsilon": compared.epsilon}, key="use_relabel_onestep_single")
+    with c3:
+        use_as_image_button(iterative.image, name=f"{image_name} → {names[iterative.final_class]}",
+                            operation=f"{iterative.steps} one-level steps toward {target}",
+                            settings={**settings, **iterative.config}, key="use_relabel_onestep_iterative")
     if compared.iterative_relabels and not compared.single_relabels:
         st.info(f"One step of {compared.epsilon} levels along the first gradient (distortion "
                 f"{compared.single_distortion:.5f}) leaves the model saying **{names[compared.single_top1]}**; "
@@ -600,7 +627,8 @@ def run_view(handle: models.ModelHandle, selection: Selection) -> None:
             launch(handle, settings, partner, own_class, f"{partner.name} → {names[own_class]}")
     if not already:
         cap = settings.config().as_dict().get("cap")
-        status = show_job(job_key(handle, settings, start, target), live=live_steps(handle, target, cap))
+        status = show_job(job_key(handle, settings, start, target), live=live_steps(handle, target, cap),
+                          again=lambda: launch(handle, settings, start, target, f"{attack.label} → {goal}"))
         if status is not None:
             result = status.result
             render_result(handle, status, start)

@@ -3,6 +3,10 @@
 Every setting that goes into a job's key (methods, class, layer, the slow methods' settings, the
 compared method and second class, the faithfulness settings) lives in the page's link, so a reload
 or a second tab finds the running or finished slow maps and the faithfulness scores by itself.
+
+When the current image was made from another ("Use as the image" on a relabelled photo, ...), the
+page adds "Compare with the original": one quick method, one class, on both images, on one colour
+scale, so "the model now says half-track: where is it looking?" has an answer on one screen.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ SLOW_CHOICES = {"fill": FILLS, "baseline": BASELINES}
 RUN_SLOW = "Run the slow methods"
 RUNNING = "Running… progress is shown below the maps."
 IDLE_SLOW = "A slow method: open *Settings of the slow methods* and press **Run the slow methods**."
+ORIGINAL_CLASSES = ("current", "original")  # which image's top class the original-vs-current maps explain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +103,14 @@ class DisplaySettings:
     opacity: float
     shared: bool
     signed: bool
+
+
+@dataclass(frozen=True)
+class OriginalSettings:
+    """The "Compare with the original" section: one quick method, and whose top class it explains."""
+
+    method: str
+    whose: str  # one of ORIGINAL_CLASSES
 
 
 @dataclass(frozen=True)
@@ -276,6 +289,19 @@ def pair_controls(subject: Subject, offered: list[str]) -> PairSettings:
     return PairSettings(method, second)
 
 
+def original_controls(subject: Subject, original: models.Prediction, offered: list[str]) -> OriginalSettings:
+    """Quick methods only: a scan (occlusion, RISE) would be two jobs, and this section is a glance."""
+    quick = [method for method in offered if not saliency.METHODS[method].slow]
+    names = {"current": f"{subject.ranking.labels[0]} (the current image's top class)",
+             "original": f"{original.labels[0]} (the original's top class)"}
+    left, right = st.columns([2, 3], gap="medium")
+    method = url_widget(left.selectbox, "Method", key="sal_orig_method", param="orig_method",
+                        default="gradcam" if "gradcam" in quick else quick[0], options=quick, format_func=method_label)
+    whose = url_widget(right.radio, "Explain the class", key="sal_orig_class", param="orig_class",
+                       default=ORIGINAL_CLASSES[0], options=ORIGINAL_CLASSES, format_func=names.get, horizontal=True)
+    return OriginalSettings(method, whose)
+
+
 def faithfulness_controls(count: int) -> tuple[saliency.FaithfulnessConfig, bool]:
     """Steps and fills, bound to the link (they key the scoring job); (config, Score pressed)."""
     with st.form("faithfulness_form", border=False):
@@ -340,6 +366,10 @@ def map_outcomes(subject: Subject, requests: list[MapRequest], *, start_slow: bo
         statuses = slow_statuses(subject, slow, start=start_slow)
         running = [key for key, status in statuses.items() if status is not None and not status.finished]
         statuses.update(show_jobs(running, idle=None))  # jobs that ended meanwhile come back done
+        for request in {request.job_key(subject): request for request in slow}.values():
+            if statuses.get(request.job_key(subject)) is None:  # says so if a server restart lost it
+                show_job(request.job_key(subject), idle=None,
+                         again=lambda request=request: slow_statuses(subject, [request], start=True))
     return {request: (slow_outcome(subject, request, statuses[request.job_key(subject)]) if request.slow
                       else fast_outcome(subject, request)) for request in dict.fromkeys(requests)}
 
@@ -443,6 +473,50 @@ def render_pair(subject: Subject, method: str, pair: list[MapOutcome], display: 
                             width="stretch", config={"displayModeBar": False}, key=f"pair_{result.target}_{method}")
 
 
+def original_section(subject: Subject, offered: list[str], layer: str | None, slow: SlowSettings,
+                     display: DisplaySettings) -> None:
+    """The original and the current (derived) image side by side: one method, one class, one shared
+    colour range, and each image's probability of that class. Nothing when the image has no parent."""
+    parent = subject.selection.parent()
+    if parent is None:
+        return
+    handle, selection = subject.handle, subject.selection
+    name, data, digest = parent
+    st.subheader("Compare with the original")
+    try:
+        original = cache.prediction(handle.name, digest, data, handle.num_classes)
+        original_view = cache.model_view(handle.name, digest, data)
+    except GlassboxError as error:
+        st.error(f"The original image ({name}) could not be read: {error}")
+        return
+    settings = original_controls(subject, original, offered)
+    target = (subject.ranking if settings.whose == "current" else original).indices[0]
+    config_key = json.dumps(map_request(settings.method, target, layer, slow).config.as_dict(), sort_keys=True)
+    try:
+        maps = [cache.explanation(handle.name, digest, data, settings.method, target, config_key),
+                cache.explanation(handle.name, selection.digest, selection.image_bytes, settings.method, target,
+                                  config_key)]
+    except GlassboxError as error:
+        st.error(str(error))
+        return
+    signed = display.signed and maps[0].signed
+    values = [display_values(result, display) for result in maps]
+    (zmin, zmax), _ = plots.colour_range(values, signed=signed, shared=True)
+    label = handle.class_names[target]
+    sides = ((f"Original · {name}", original_view, original), (f"Now · {selection.image_name}", subject.view,
+                                                               subject.ranking))
+    for column, (title, view, ranking), shown, side in zip(st.columns(2), sides, values, ("original", "current")):
+        probability = ranking.probs[ranking.rank_of(target)]
+        column.plotly_chart(plots.saliency_figure(view, shown, title=f"{title} · p({label}) {100 * probability:.1f} %",
+                                                  zmin=zmin, zmax=zmax, opacity=display.opacity,
+                                                  scale=plots.SIGNED_SCALE if zmin < 0 else plots.UNSIGNED_SCALE),
+                            width="stretch", config={"displayModeBar": False}, key=f"orig_map_{side}")
+    st.caption(f"{maps[0].label} of **{label}** on both images, on one colour scale ({zmin:.3g} to {zmax:.3g}, "
+               "the range over both maps), not each map stretched to its own maximum: a weaker map looks weaker. "
+               f"p({label}): {100 * original.probs[original.rank_of(target)]:.1f} % on the original, "
+               f"{100 * subject.ranking.probs[subject.ranking.rank_of(target)]:.1f} % now.")
+
+
 def render_faithfulness(scores: dict[str, saliency.Faithfulness]) -> None:
     st.plotly_chart(plots.faithfulness_figure(scores), width="stretch", key="faith_plot")
     st.dataframe([{"method": label, "deletion AUC ↓": round(r.deletion_auc, 4), "insertion AUC ↑": round(r.insertion_auc, 4)}
@@ -495,6 +569,7 @@ def main() -> None:
     display = display_controls()
     slow, run_slow = slow_controls()
     grid_area, progress_area = st.container(), st.container()
+    original_section(subject, offered, chosen.layer, slow, display)
 
     st.subheader("Pixel saliency is class dependent")
     st.caption("The same method for two classes of the same photo, on one colour scale.")

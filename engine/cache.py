@@ -18,7 +18,7 @@ def get_handle(name: str) -> models.ModelHandle:
     return models.load_model(name)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=16)
 def decoded_image(digest: str, _data: bytes) -> np.ndarray:
     """The uploaded/sample image as uint8 RGB; ``digest`` is the cache key, the bytes are not hashed."""
     return np.asarray(images.decode_image(_data))
@@ -40,7 +40,10 @@ def prediction(model_name: str, digest: str, _data: bytes, top_k: int = 5) -> mo
     return handle.classify(images.to_tensor(model_view(model_name, digest, _data), device=handle.device), top_k=top_k)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+# Entry counts are sized by what one entry holds, so a server's memory levels off after a class's
+# first minutes (the soak test, bench/bench_soak.py): a map with its overlay is ~280 KB, a decoded
+# upload up to 40 megapixels.
+@st.cache_data(show_spinner=False, max_entries=64)
 def explanation(model_name: str, digest: str, _data: bytes, method: str, target: int, config_key: str):
     """A fast saliency method's map (the slow ones run as jobs). ``config_key`` is the config as JSON."""
     import json
@@ -93,7 +96,7 @@ def attack_target(model_name: str, digest: str, _data: bytes | None, attack_key:
     return attacks.get_attack(attack_key).choose_target(handle, x, None)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_data(show_spinner=False, max_entries=12)
 def relabel_first_gradients(model_name: str, digest: str, _data: bytes | None,
                             target: int) -> tuple[np.ndarray, np.ndarray]:
     """Fig. 3: the first step's raw gradient and its sign on the start image."""

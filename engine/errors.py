@@ -34,3 +34,7 @@ class Cancelled(GlassboxError):
 
 class DatasetError(GlassboxError):
     """A concept dataset cannot be used: missing files, bad layout, too few images."""
+
+
+class ChainError(GlassboxError):
+    """An image chain cannot be stored, found or imported: unknown hash, bad or foreign chain ZIP."""

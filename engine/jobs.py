@@ -7,35 +7,60 @@ from an ``st.fragment(run_every=...)``. The work itself only sees the engine's u
 ``progress(fraction, message) -> bool`` callback (see :mod:`engine.progress`).
 
 Jobs run one at a time by default: on a 2-core machine a second busy torch process slows a
-2-thread forward ~10x, so a FIFO queue with a visible position is both faster and more honest.
+2-thread forward ~10x, so a queue with a visible position is both faster and more honest.
 Thread jobs share the cached models; process jobs (``kind="process"``, e.g. GAN training) get a
 fresh spawned interpreter that can be terminated when it stops listening.
+
+Many students share one server, so the queue is fair: each job has an ``owner`` (the browser
+session), an owner runs at most one job at a time and queues only a few, and the queue is served
+round-robin over owners (the one served longest ago first, FIFO within an owner). Work without an
+owner (the CLI, engine tests) is one anonymous owner with neither limit, so it stays a plain FIFO.
+Job threads are marked (:func:`in_job_thread`), so a model's lock can serve the pages' interactive
+calls before a job's next step (:class:`engine.models.ModelLock`).
+
+The registry lives in memory, so a server restart loses every job. A small on-disk journal (one
+JSON per key under ``cache_root()/jobs``) remembers which server process started which key, so a
+page can say "this job was lost when the server restarted" and offer to start it again, instead
+of silently showing "Press Run" for work the student already asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.spawn
 import os
 import pickle
 import queue as queue_module
+import socket
 import threading
 import time
 import traceback
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from .errors import Cancelled, GlassboxError, JobError
+from .io import cache_root, write_bytes_atomic
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_JOB = "This job is no longer known; it may have finished long ago or the server restarted."
+
+_thread_role = threading.local()
+
+
+def in_job_thread() -> bool:
+    """True inside a thread job's worker thread: long work that a model's lock lets interactive
+    calls (the pages' script threads) pass between its steps."""
+    return getattr(_thread_role, "job", False)
 
 
 class JobState(enum.Enum):
@@ -103,6 +128,8 @@ class JobStatus:
     key: str | None = None
     records: tuple = ()  # the job's per-step records so far (a copy), when it keeps any
     pool: str = "default"
+    owner: str | None = None  # the browser session that started it (None: anonymous, the CLI)
+    waiting_for: str | None = None  # queued behind its owner's running job: that job's title
 
     @property
     def finished(self) -> bool:
@@ -141,6 +168,7 @@ class _Job:
     detail: str | None = None
     result: Any = None
     records: RecordLog | None = None
+    owner: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -148,37 +176,56 @@ class _Job:
 
 
 class JobRegistry:
-    """Runs submitted work at most ``max_running`` at a time and remembers how it went."""
+    """Runs submitted work at most ``max_running`` at a time, fairly over owners, and remembers
+    how it went.
+
+    A named owner (a browser session) runs at most one job at a time, even when a worker is free:
+    one student's second job waits for the first, and other students' jobs may pass it. It may
+    queue at most ``max_queued_per_owner`` jobs, so one session cannot fill the queue. The queue is
+    served round-robin: the owner served longest ago goes first, FIFO within an owner. ``None`` is
+    one anonymous owner without those two limits (the CLI and engine tests keep a plain FIFO that
+    may run several of its jobs at once). With ``journal``, each keyed job is written to the
+    on-disk journal (:func:`journal_record`) so a restarted server can say which work it lost.
+    """
 
     def __init__(self, max_running: int = 1, max_queued: int = 16, keep_finished: int = 32,
-                 cancel_grace_s: float = 3.0, *, name: str = "default") -> None:
+                 cancel_grace_s: float = 3.0, *, name: str = "default", max_queued_per_owner: int | None = None,
+                 journal: bool = False) -> None:
         self.name = name
         self.max_running = max(1, int(max_running))
         self.max_queued = max(0, int(max_queued))
+        self.max_queued_per_owner = (max(1, self.max_queued * 3 // 8) if max_queued_per_owner is None
+                                     else max(1, int(max_queued_per_owner)))
         self.keep_finished = max(0, int(keep_finished))
         self.cancel_grace_s = cancel_grace_s
+        self.journal = journal
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified whenever a job's state changes
         self._jobs: dict[str, _Job] = {}  # insertion order = submission order
-        self._queue: deque[_Job] = deque()
+        self._queue: deque[_Job] = deque()  # submission order; the round-robin picks from it
         self._by_key: dict[str, str] = {}
+        self._served: dict[str | None, int] = {}  # owner -> serial of its latest start (round-robin)
+        self._serial = 0
 
     # -- public API ---------------------------------------------------------------------------
 
     def find_or_start(self, key: str, fn: Callable[..., Any], *args: Any, title: str,
                       kind: Literal["thread", "process"] = "thread", records: bool = False,
-                      **kwargs: Any) -> JobStatus:
+                      owner: str | None = None, **kwargs: Any) -> JobStatus:
         """The job for ``key``: the one queued, running or done, else a new one (a failed or
         cancelled one is started again). This is the one way a page starts long work."""
-        return self.status(self.submit(fn, *args, title=title, key=key, kind=kind, records=records, **kwargs))
+        return self.status(self.submit(fn, *args, title=title, key=key, kind=kind, records=records,
+                                       owner=owner, **kwargs))
 
     def submit(self, fn: Callable[..., Any], *args: Any, title: str, key: str | None = None,
-               kind: Literal["thread", "process"] = "thread", records: bool = False, **kwargs: Any) -> str:
-        """Queue ``fn(*args, progress=..., **kwargs)``; return its id.
+               kind: Literal["thread", "process"] = "thread", records: bool = False,
+               owner: str | None = None, **kwargs: Any) -> str:
+        """Queue ``fn(*args, progress=..., **kwargs)`` for ``owner``; return its id.
 
-        With ``key``, a job with that key that is queued, running or done is reused, so a rerun
-        of the page that submitted it does not start the work twice. With ``records``, the work
-        also gets ``observer=``, a bounded :class:`RecordLog` that lives and dies with the job.
+        With ``key``, a job with that key that is queued, running or done is reused (whoever
+        started it), so a rerun of the page, a reload or a second session with the same link does
+        not start the work twice. With ``records``, the work also gets ``observer=``, a bounded
+        :class:`RecordLog` that lives and dies with the job.
         """
         if kind not in ("thread", "process"):
             raise JobError(f"A job runs as a 'thread' or a 'process', not as {kind!r}.")
@@ -198,7 +245,11 @@ class JobRegistry:
             if len(self._queue) >= self.max_queued:
                 raise JobError(f"The job queue is full ({len(self._queue)} jobs waiting); "
                                "wait for one to finish or cancel one, then try again.")
-            job = _Job(uuid.uuid4().hex[:12], title, key, kind, (fn, args, kwargs))
+            mine = sum(job.owner == owner for job in self._queue)
+            if owner is not None and mine >= self.max_queued_per_owner:
+                raise JobError(f"You already have {mine} jobs waiting, the most one session may queue; "
+                               "wait for one of them to start or cancel one, then try again.")
+            job = _Job(uuid.uuid4().hex[:12], title, key, kind, (fn, args, kwargs), owner=owner)
             if records:
                 job.records = RecordLog()
             self._jobs[job.id] = job
@@ -206,7 +257,9 @@ class JobRegistry:
                 self._by_key[key] = job.id
             self._queue.append(job)
             self._start_waiting()
-            return job.id
+        if key is not None and self.journal:
+            journal_record(key, title, self.name)
+        return job.id
 
     def status(self, job_id: str) -> JobStatus:
         with self._lock:
@@ -269,20 +322,63 @@ class JobRegistry:
             eta = elapsed * (1.0 - job.fraction) / job.fraction
         elif job.state is JobState.DONE:
             eta = 0.0
-        position = self._queue.index(job) + 1 if job.state is JobState.QUEUED else None
+        position = waiting_for = None
+        if job.state is JobState.QUEUED:
+            position = self._plan().index(job) + 1
+            if job.owner is not None:
+                waiting_for = next((other.title for other in self._jobs.values()
+                                    if other.owner == job.owner and other.state is JobState.RUNNING), None)
         return JobStatus(job.id, job.title, job.state, job.fraction, job.message, eta, elapsed,
                          position, job.error, job.result if job.state is JobState.DONE else None,
                          job.detail, job.key, job.records.snapshot() if job.records is not None else (),
-                         self.name)
+                         self.name, job.owner, waiting_for)
+
+    @staticmethod
+    def _next(queue: Iterable[_Job], served: dict, blocked: set) -> _Job | None:
+        """The round-robin's pick: the first queued job of the owner served longest ago (never
+        served counts as longest; ties go to the earlier submission), skipping ``blocked`` owners."""
+        heads: dict[str | None, tuple[int, _Job]] = {}
+        for index, job in enumerate(queue):
+            if job.owner not in heads and job.owner not in blocked:
+                heads[job.owner] = (index, job)
+        if not heads:
+            return None
+        owner = min(heads, key=lambda o: (served.get(o, -1), heads[o][0]))
+        return heads[owner][1]
+
+    def _plan(self) -> list[_Job]:
+        """The queue in the order the round-robin would start it if workers were free: what the
+        queue position shown to a student counts."""
+        served, plan, left, serial = dict(self._served), [], list(self._queue), self._serial
+        while left:
+            job = self._next(left, served, set())
+            plan.append(job)
+            left.remove(job)
+            serial += 1
+            served[job.owner] = serial
+        return plan
 
     def _start_waiting(self) -> None:
-        running = sum(job.state is JobState.RUNNING for job in self._jobs.values())
-        while self._queue and running < self.max_running:
-            job = self._queue.popleft()
+        running = [job for job in self._jobs.values() if job.state is JobState.RUNNING]
+        # a named owner runs one job at a time; the anonymous owner (None) is limited by max_running only
+        blocked = {job.owner for job in running if job.owner is not None}
+        count = len(running)
+        while self._queue and count < self.max_running:
+            job = self._next(self._queue, self._served, blocked)
+            if job is None:
+                break
+            self._queue.remove(job)
+            self._serial += 1
+            self._served[job.owner] = self._serial
+            if job.owner is not None:
+                blocked.add(job.owner)
             job.state, job.started, job.message = JobState.RUNNING, time.monotonic(), "Starting."
             target = self._run_thread if job.kind == "thread" else self._run_process
             threading.Thread(target=target, args=(job,), name=f"glassbox-job-{job.id}", daemon=True).start()
-            running += 1
+            count += 1
+        if len(self._served) > 256:  # forget owners with nothing left here (they are served first again)
+            present = {job.owner for job in self._jobs.values()}
+            self._served = {owner: n for owner, n in self._served.items() if owner in present}
         self._changed.notify_all()
 
     def _finish(self, job: _Job, state: JobState, *, result: Any = None, error: str | None = None,
@@ -324,6 +420,7 @@ class JobRegistry:
         fn, args, kwargs = job.call
         if job.records is not None:
             kwargs = {**kwargs, "observer": job.records}
+        _thread_role.job = True  # this thread yields a model's lock to interactive calls (in_job_thread)
         try:
             result = fn(*args, progress=lambda f, m="": self._record(job, f, m), **kwargs)
         except Cancelled:
@@ -453,21 +550,152 @@ def registry(pool: str = "default") -> JobRegistry:
 
     ``default`` runs the pages' short jobs one at a time (GLASSBOX_MAX_JOBS to change); ``training``
     runs long trainings (minutes to hours) one at a time beside it, so a training does not hold up
-    everybody's saliency maps, and gives a stopping run 60 s to write its checkpoint.
+    everybody's saliency maps, and gives a stopping run 60 s to write its checkpoint. Only the
+    default pool's short jobs go to the journal (a restart's losses are offered again there).
     """
     if pool not in POOLS:
         raise JobError(f"There is no job pool called {pool!r}.")
     with _registry_lock:
         if pool not in _registries:
             if pool == "training":
-                _registries[pool] = JobRegistry(max_running=1, max_queued=4, cancel_grace_s=60.0, name=pool)
+                # no journal: a training's run folder says itself what a restart did to it (Resume)
+                _registries[pool] = JobRegistry(max_running=1, max_queued=4, cancel_grace_s=60.0, name=pool,
+                                                max_queued_per_owner=1)
             else:
                 try:
                     max_running = int(os.environ.get("GLASSBOX_MAX_JOBS", "1"))
                 except ValueError:
                     max_running = 1
-                _registries[pool] = JobRegistry(max_running=max_running, name=pool)
+                _registries[pool] = JobRegistry(max_running=max_running, name=pool, journal=True)
         return _registries[pool]
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal: which server process started which key, so a restart's losses can be named.
+
+BOOT_ID = uuid.uuid4().hex  # this server process; a new pid could be an old one reused, a boot id never is
+HOST = socket.gethostname()
+JOURNAL_MAX_AGE_S = 24 * 3600.0  # entries (and server heartbeats) older than a day are dropped
+JOURNAL_MAX_ENTRIES = 500
+HEARTBEAT_EVERY_S = 30.0
+HEARTBEAT_STALE_S = 120.0  # a live server refreshes its heartbeat 4 times in this span
+_heartbeat_started = False
+_heartbeat_lock = threading.Lock()
+
+
+def journal_dir() -> Path:
+    return cache_root() / "jobs"
+
+
+def _journal_path(key: str, pool: str) -> Path:
+    return journal_dir() / (hashlib.sha256(f"{pool}|{key}".encode()).hexdigest()[:32] + ".json")
+
+
+def _heartbeat_path(boot: str) -> Path:
+    return journal_dir() / "servers" / f"{boot}.json"
+
+
+def _beat() -> None:
+    write_bytes_atomic(_heartbeat_path(BOOT_ID), json.dumps({"pid": os.getpid(), "host": HOST}).encode())
+
+
+def _keep_beating() -> None:
+    """Refresh this process's heartbeat while it lives, so another live server sharing the cache
+    can tell our jobs from a dead server's (a pid alone can be reused after a restart)."""
+    while True:
+        time.sleep(HEARTBEAT_EVERY_S)
+        try:
+            _beat()
+        except OSError as exc:
+            log.warning("Could not refresh the job journal's heartbeat: %s", exc)
+
+
+def journal_record(key: str, title: str, pool: str = "default") -> None:
+    """Remember that this server process started the job ``key`` (best effort: a read-only or full
+    cache only loses the "lost in a restart" sentence, never the job)."""
+    global _heartbeat_started
+    entry = {"key": key, "title": title, "pool": pool, "pid": os.getpid(), "boot": BOOT_ID, "host": HOST,
+             "started": time.time()}
+    try:
+        with _heartbeat_lock:
+            if not _heartbeat_started:
+                _beat()
+                threading.Thread(target=_keep_beating, name="glassbox-journal-heartbeat", daemon=True).start()
+                _heartbeat_started = True
+        write_bytes_atomic(_journal_path(key, pool), json.dumps(entry).encode())
+        _prune_journal()
+    except OSError as exc:
+        log.warning("Could not write the job journal entry for %r: %s", title, exc)
+
+
+def _prune_journal() -> None:
+    """Drop entries and heartbeats older than a day, then the oldest entries beyond the cap."""
+    now, entries = time.time(), []
+    for path in list(journal_dir().glob("*.json")) + list((journal_dir() / "servers").glob("*.json")):
+        try:
+            modified = path.stat().st_mtime
+            if now - modified > JOURNAL_MAX_AGE_S:
+                path.unlink()
+            elif path.parent == journal_dir():
+                entries.append((modified, path))
+        except OSError:  # another server pruned it meanwhile
+            continue
+    for _, path in sorted(entries)[: max(0, len(entries) - JOURNAL_MAX_ENTRIES)]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def journal_entry(key: str, pool: str = "default") -> dict | None:
+    """The journal's entry for ``key``, or None (none, unreadable, or older than a day)."""
+    path = _journal_path(key, pool)
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return None
+    if time.time() - float(entry.get("started", 0)) > JOURNAL_MAX_AGE_S:
+        return None
+    return entry
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _heartbeat_fresh(boot: str) -> bool:
+    try:
+        return time.time() - _heartbeat_path(boot).stat().st_mtime < HEARTBEAT_STALE_S
+    except OSError:
+        return False
+
+
+def lost_job(key: str, pool: str = "default") -> dict | None:
+    """The journal entry of ``key`` if a server process that is gone started it, else None.
+
+    Not lost: no entry; an entry of this very process (the registry merely forgot the job); an
+    entry of another live server sharing the cache (its pid alive here, or on another host, with
+    a fresh heartbeat). Lost: the pid is not alive on this host, or it is alive but belongs to a
+    different boot whose heartbeat went stale (a pid reused after a restart).
+    """
+    entry = journal_entry(key, pool)
+    if entry is None or entry.get("boot") == BOOT_ID:
+        return None
+    try:
+        pid = int(entry.get("pid"))
+    except (TypeError, ValueError):
+        return entry
+    if entry.get("host") == HOST and (pid == os.getpid() or not _pid_alive(pid)):
+        return entry
+    return None if _heartbeat_fresh(str(entry.get("boot"))) else entry
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ Four sources, one handle:
 
 A handle owns normalisation, so every method works on images in [0, 1]; its parameters are frozen
 and it carries a lock that anything registering hooks must hold (Streamlit serves every browser
-session from threads over the same cached handle).
+session from threads over the same cached handle); the lock serves interactive calls before the
+next step of a job (:class:`ModelLock`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError, ModelError
 from .io import find_name
+from .jobs import in_job_thread
 
 DEFAULT_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,6 +117,73 @@ class Prediction:
         return self.indices.index(index)
 
 
+class ModelLock:
+    """The handle's reentrant lock, where interactive callers go before the next job step.
+
+    Jobs take the lock once per forward/backward step and take it again right after; a plain
+    ``RLock`` makes no promise about who gets it next, so a student's classify or Grad-CAM could
+    wait behind many steps of someone else's scan. Here a caller outside a job thread (a page's
+    script thread: :func:`engine.jobs.in_job_thread` is False) that is waiting makes every job
+    thread's next acquisition wait until it has had its turn. Interactive calls are short, so a job
+    is delayed by at most their length; a job never waits for another job longer than before.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._urgent = 0  # interactive callers waiting now
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            urgent = not in_job_thread()
+            if urgent:
+                ready = lambda: self._owner is None  # noqa: E731
+            else:
+                ready = lambda: self._owner is None and self._urgent == 0  # noqa: E731
+            if not blocking:
+                got = ready()
+            else:
+                self._urgent += urgent
+                try:
+                    got = self._cond.wait_for(ready, None if timeout is None or timeout < 0 else timeout)
+                finally:
+                    self._urgent -= urgent
+                    if urgent and not got and self._urgent == 0:
+                        self._cond.notify_all()  # jobs held back by this caller may go now
+            if got:
+                self._owner, self._depth = me, 1
+            return got
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("cannot release a ModelLock this thread does not hold")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _is_owned(self) -> bool:
+        """Whether this thread holds it (as ``RLock._is_owned``, which tests check)."""
+        return self._owner == threading.get_ident()
+
+    def waiting_interactive(self) -> int:
+        """How many interactive callers wait now (tests and benchmarks read it)."""
+        with self._cond:
+            return self._urgent
+
+
 @dataclass(eq=False)
 class ModelHandle:
     """A loaded model, shared read-only by every session.
@@ -129,7 +198,7 @@ class ModelHandle:
     model: nn.Module
     device: torch.device
     class_names: tuple[str, ...]
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    lock: ModelLock = field(default_factory=ModelLock, repr=False)
     _layers: tuple[LayerInfo, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

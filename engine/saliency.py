@@ -232,6 +232,19 @@ class _Normalized(torch.nn.Module):
         return self.net(self.handle.normalize(x))
 
 
+class _LockedEachForward(torch.nn.Module):
+    """The handle's model for captum methods that register no hooks (integrated gradients): each
+    forward takes the lock itself (:meth:`ModelHandle.logits`), so interactive calls get the model
+    between its batches instead of after the whole attribution (bench/bench_interactive.py)."""
+
+    def __init__(self, handle: ModelHandle):
+        super().__init__()
+        self.handle = handle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.handle.logits(x)
+
+
 def _captum(handle: ModelHandle, build, x: torch.Tensor, targets: list[int], **kwargs) -> torch.Tensor:
     """Run a captum attribution under the handle's lock (captum registers hooks on the model)."""
     with handle.lock, torch.enable_grad():
@@ -296,8 +309,10 @@ class IntegratedGradientsMap(SaliencyMethod):
             raise ConfigError("Integrated gradients needs at least 2 steps.")
         baseline = torch.zeros_like(x) if self.config.baseline == "black" else torch.full_like(x, 0.5)
         report(progress, 0.0, "integrating gradients")
-        maps = _captum(self.handle, lambda model: IntegratedGradients(model), x, targets,
-                       baselines=baseline, n_steps=self.config.steps, internal_batch_size=self.config.batch_size)
+        with torch.enable_grad():  # no hooks: the lock is taken per forward, not around the whole integral
+            maps = IntegratedGradients(_LockedEachForward(self.handle)).attribute(
+                x.clone(), target=targets, baselines=baseline, n_steps=self.config.steps,
+                internal_batch_size=self.config.batch_size).detach()
         report(progress, 1.0, "done")
         return maps.sum(dim=1)
 

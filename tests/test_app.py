@@ -52,7 +52,7 @@ def test_home_page_lists_only_existing_pages_and_the_model():
     assert sidebar_select(at, "Model").value == models.DEFAULT_MODEL
     assert sidebar_select(at, "Sample image").value == "chelsea"
     links = [link.proto.label for link in at.get("page_link")]
-    assert links == ["**Classify**", "**Anatomy**", "**Relabel**", "**Saliency**", "**Class inversion**", "**Dissection**", "**Patterns**", "**Mind's Eye**", "**Attacks lab**"]  # only pages that exist, no placeholders
+    assert links == ["**Lecture**", "**Classify**", "**Anatomy**", "**Relabel**", "**Saliency**", "**Class inversion**", "**Dissection**", "**Patterns**", "**Mind's Eye**", "**Attacks lab**"]  # only pages that exist, no placeholders
     assert any("five most likely ImageNet classes" in m.value for m in at.markdown)
     sidebar_select(at, "Sample image").set_value("astronaut").run()
     sidebar_select(at, "Model").set_value("efficientnet_lite1").run()
@@ -80,7 +80,7 @@ def test_upload_replaces_the_image_and_a_bad_upload_keeps_it():
     uploader(at, "…or upload").set_value(("my coffee.png", coffee, "image/png")).run()
     assert not at.exception
     assert chart_labels(at)[0] == "espresso"
-    assert str(at.query_params["image"]).startswith("upload-")
+    assert str(at.query_params["image"]).startswith("h-")  # kept by content hash: a reload finds it
     uploader(at, "…or upload").set_value(("notes.txt", b"hello, not an image", "text/plain")).run()
     assert not at.exception
     errors = " ".join(e.value for e in at.sidebar.error)

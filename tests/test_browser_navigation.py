@@ -14,8 +14,8 @@ from tests.browser import chromium_page, streamlit_server, wait_for_app
 
 pytestmark = pytest.mark.browser
 
-NAV = ["Home", "Classify", "Anatomy", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye", "Attacks lab"]
-FILE_NAMES = {"streamlit app", "home", "classify", "anatomy", "relabel", "saliency", "inversion", "dissection", "patterns", "minds eye", "attacks lab"}
+NAV = ["Home", "Lecture", "Classify", "Anatomy", "Relabel", "Saliency", "Class inversion", "Dissection", "Patterns", "Mind's Eye", "Attacks lab"]
+FILE_NAMES = {"streamlit app", "home", "lecture", "classify", "anatomy", "relabel", "saliency", "inversion", "dissection", "patterns", "minds eye", "attacks lab"}
 READ_NAV = """() => Array.from(document.querySelectorAll('[data-testid="stSidebarNav"] a, [data-testid="stSidebarNavLink"]'))
                   .map(a => a.innerText.trim().split('\\n').pop().trim())"""
 

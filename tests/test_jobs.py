@@ -344,3 +344,107 @@ def test_a_link_value_the_widget_would_refuse_falls_back_to_the_default_with_a_s
         assert app.number_input[0].value == 30
         assert any(f"steps='{bad}' is not a valid setting here" in w.value for w in app.warning), bad
         assert "steps" not in app.query_params  # the default is left out of the link
+
+
+# -- the journal: short jobs lost in a server restart ---------------------------------------------
+
+
+def dead_pid() -> int:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid  # reaped: no process has this pid now (until the system reuses it)
+
+
+def rewrite_entry(key: str, pool: str = "default", **fields) -> None:
+    import json
+
+    from engine import jobs as jobs_module
+
+    path = jobs_module._journal_path(key, pool)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_the_journal_tells_a_lost_job_from_a_live_one(tmp_path, monkeypatch):
+    from engine import jobs as jobs_module
+
+    monkeypatch.setenv("GLASSBOX_CACHE", str(tmp_path))
+    journaled = JobRegistry(max_running=1, journal=True)
+    status = journaled.find_or_start("k", job_funcs.slow_count, 1, 0.0, title="Counting")
+    journaled.wait(status.id, timeout=5)
+    entry = jobs_module.journal_entry("k")
+    assert entry["title"] == "Counting" and entry["boot"] == jobs_module.BOOT_ID and entry["pid"] == os.getpid()
+    assert jobs_module.lost_job("k") is None  # this very process started it: not lost
+    assert jobs_module.journal_entry("k", "training") is None  # entries are per pool
+    JobRegistry().find_or_start("unjournaled", job_funcs.slow_count, 1, 0.0, title="x")
+    assert jobs_module.journal_entry("unjournaled") is None  # engine registries write none by default
+
+    rewrite_entry("k", pid=dead_pid(), boot="an-old-boot")
+    assert jobs_module.lost_job("k")["title"] == "Counting"  # its server process is gone
+
+    other = uuid.uuid4().hex
+    rewrite_entry("k", pid=os.getppid(), boot=other)  # a live process: another server on this cache
+    jobs_module._heartbeat_path(other).parent.mkdir(parents=True, exist_ok=True)
+    jobs_module._heartbeat_path(other).write_text("{}")
+    assert jobs_module.lost_job("k") is None
+    stale = time.time() - jobs_module.HEARTBEAT_STALE_S - 60
+    os.utime(jobs_module._heartbeat_path(other), (stale, stale))
+    assert jobs_module.lost_job("k") is not None  # alive pid, silent boot: the pid was reused
+
+    rewrite_entry("k", pid=os.getpid(), boot="before-a-restart")  # our own pid, from an earlier boot
+    assert jobs_module.lost_job("k") is not None
+    rewrite_entry("k", pid=1, boot=other, host="another-host")  # elsewhere: only the heartbeat tells
+    assert jobs_module.lost_job("k") is not None
+    jobs_module._heartbeat_path(other).write_text("{}")
+    assert jobs_module.lost_job("k") is None
+
+
+def test_the_journal_is_bounded(tmp_path, monkeypatch):
+    from engine import jobs as jobs_module
+
+    monkeypatch.setenv("GLASSBOX_CACHE", str(tmp_path))
+    monkeypatch.setattr(jobs_module, "JOURNAL_MAX_ENTRIES", 3)
+    path = lambda key: jobs_module._journal_path(key, "default")  # noqa: E731
+    now = time.time()
+    for i in range(3):
+        jobs_module.journal_record(f"key{i}", f"job {i}")
+        os.utime(path(f"key{i}"), (now - 40 + 10 * i,) * 2)
+    os.utime(path("key0"), (now - jobs_module.JOURNAL_MAX_AGE_S - 60,) * 2)
+    jobs_module.journal_record("key3", "job 3")
+    assert not path("key0").exists()  # older than a day: dropped
+    assert all(path(f"key{i}").exists() for i in (1, 2, 3))
+    jobs_module.journal_record("key4", "job 4")
+    assert not path("key1").exists()  # over the cap: the oldest goes
+    assert sorted(jobs_module.journal_dir().glob("*.json")) == sorted(path(f"key{i}") for i in (2, 3, 4))
+    rewrite_entry("key2", started=now - jobs_module.JOURNAL_MAX_AGE_S - 60)  # a day old by its own clock
+    assert jobs_module.journal_entry("key2") is None and jobs_module.journal_entry("key3")["title"] == "job 3"
+
+
+def test_a_page_offers_a_job_lost_in_a_restart_again_with_one_click():
+    from engine import jobs as jobs_module
+    from tests import apptest
+
+    def page():
+        return apptest.open_page("app_pages/relabel.py", image="chelsea", method="fgsm")
+
+    at = page()
+    next(b for b in at.button if b.label == "Run").click().run()
+    apptest.wait_for_jobs()
+    status = next(s for s in registry().list() if (s.key or "").startswith("relabel|") and "fgsm" in s.key)
+    registry().drop(status.id)  # as if the server restarted: this registry no longer knows the job
+    rewrite_entry(status.key, pid=dead_pid(), boot="the-server-before")
+    assert jobs_module.lost_job(status.key) is not None
+
+    at = page()  # the student reloads the page on the restarted server
+    lost = [w.value for w in at.warning if "was lost when the server restarted" in w.value]
+    assert lost == [f"This job ({status.title}) was lost when the server restarted."], [w.value for w in at.warning]
+    next(b for b in at.button if b.label == "Start it again").click().run()
+    assert not at.exception, at.exception
+    again = registry().find(status.key)
+    assert again is not None and again.id != status.id  # started again, under this server's boot
+    assert jobs_module.journal_entry(status.key)["boot"] == jobs_module.BOOT_ID
+    apptest.wait_for_jobs()
+    at.run()
+    assert not any("was lost" in w.value for w in at.warning)
+    assert any("FGSM (one step): the model now says" in i.value for i in at.info)

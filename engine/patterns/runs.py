@@ -8,26 +8,41 @@ A run is a folder::
     samples/step_N.png     fixed substrates (rows) x each class (columns)
     samples.csv            each class's mean probability on its column of each sample grid
     substrates/            the user's own substrate images, when the run uses them
+    training.lock          held (flock) by the one process that trains the run: the exclusive claim
+    state.json             who trains it (server pid, boot id, host), the step, a heartbeat (see below)
 
 Everything a page shows about a run (live sample grid, loss curves, p(target)) is read back from
 these files, so it survives page reloads and even a server restart; the process that trains only
 writes them.
+
+Several server processes may share one cache (``GLASSBOX_CACHE``), and a server may be killed while
+it trains. So the trainer holds an exclusive lock on ``training.lock`` (``flock``: the kernel drops
+it when the process dies, however it dies, so there is never a stale lock to break) and rewrites
+``state.json`` every few seconds. Any process can then tell, with :func:`run_activity`, whether a
+run is training (and in which server) or was interrupted (its trainer is gone without saying it
+ended). A trainer started by a server watches that server: when it is gone (killed), the trainer
+saves a checkpoint and stops, so an orphan never trains on beside a resumed run.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import re
+import socket
+import threading
+import time
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import images
-from ..errors import CheckpointError, ConfigError, DatasetError, GlassboxError
+from ..errors import CheckpointError, ConfigError, DatasetError, GlassboxError, JobError
 from ..io import cache_root, write_bytes_atomic, write_json_atomic
 from ..progress import Progress
 from . import training
@@ -74,6 +89,204 @@ def write_run_config(folder: Path, config: training.TrainConfig, class_names: li
     write_json_atomic(Path(folder) / "config.json", {**config.as_dict(), "class_names": list(class_names)})
 
 
+# -- who trains a run: the exclusive claim and the live state ------------------------------------------
+
+try:
+    import fcntl
+except ImportError:  # not on Linux or macOS: no lock, so the heartbeat alone tells whether a run trains
+    fcntl = None
+
+LOCK_FILE = "training.lock"
+STATE_FILE = "state.json"
+HEARTBEAT_S = 3.0     # how often a trainer rewrites state.json
+STALE_S = 30.0        # a heartbeat older than this means the trainer is gone (where the lock cannot tell)
+ORPHAN_GRACE_S = 120.0  # a trainer whose server died gets this long to checkpoint before it exits hard
+BOOT_ID = uuid.uuid4().hex[:12]  # this process's boot id: a restarted server (even one given the same pid) differs
+
+
+class RunBusy(JobError):
+    """Another process trains this run folder: two trainers would write the same checkpoint and log."""
+
+
+def server_owner() -> dict:
+    """This server process, as a trainer it starts records it: pid, boot id and host."""
+    return {"pid": os.getpid(), "boot": BOOT_ID, "host": socket.gethostname()}
+
+
+def read_state(folder: Path) -> dict | None:
+    """state.json, or None when there is none (an older run, a CLI run of an older version) or it is unreadable."""
+    try:
+        state = json.loads((Path(folder) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def lock_held(folder: Path) -> bool | None:
+    """Whether some live process holds the run's training lock; None where locks do not work here.
+
+    A shared lock taken and dropped at once: it fails exactly while a trainer holds its exclusive
+    one. (A trainer that meets this probe retries for a moment, see :class:`RunClaim`.)"""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(Path(folder) / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # ENOLCK, EOPNOTSUPP: a file system without locks
+        return None
+    finally:
+        os.close(fd)  # closing drops the probe's lock
+    return False
+
+
+@dataclass(frozen=True)
+class RunActivity:
+    """What a page needs to know about a run's training, read from its folder by any process.
+
+    ``kind``: ``"training"`` (a live process trains it), ``"interrupted"`` (its trainer went away
+    without saying it ended: the server was killed, or the machine stopped) or ``"idle"``.
+    ``here``: the training belongs to this server process."""
+
+    kind: str
+    here: bool = False
+    server_pid: int | None = None
+    host: str | None = None
+    step: int | None = None
+    steps: int | None = None
+    heartbeat: float | None = None
+    checkpoint_steps: int | None = None
+
+    @property
+    def elsewhere(self) -> bool:
+        return self.kind == "training" and not self.here
+
+    def busy_sentence(self) -> str:
+        if self.server_pid is None:  # the trainer has not written state.json yet
+            return "This run is training in another process; it can be resumed here once it stops."
+        where = f"pid {self.server_pid}" + (f" on {self.host}" if self.host and self.host != socket.gethostname() else "")
+        return f"This run is training in another server process ({where}); it can be resumed here once it stops."
+
+    def interrupted_sentence(self) -> str:
+        when = time.strftime("%H:%M", time.localtime(self.heartbeat)) if self.heartbeat else "time unknown"
+        saved = (f"the last checkpoint is step {self.checkpoint_steps}. Resume continues from it."
+                 if self.checkpoint_steps is not None else "it had saved no checkpoint yet, so it cannot be resumed.")
+        return f"The server stopped while this run was training at step {self.step or 0} ({when}); {saved}"
+
+
+def run_activity(folder: Path) -> RunActivity:
+    """Training here, in another live server process, interrupted, or idle: from the lock and state.json.
+
+    The lock is the judge where it works (a dead trainer cannot hold it); where it does not, a
+    heartbeat older than :data:`STALE_S` counts as a trainer gone."""
+    folder = Path(folder)
+    state = read_state(folder)
+    held = lock_held(folder)
+    if state is None:
+        return RunActivity("training" if held else "idle", checkpoint_steps=checkpoint_steps(folder))
+    owner = state.get("owner") if isinstance(state.get("owner"), dict) else {}
+    heartbeat = state.get("heartbeat") if isinstance(state.get("heartbeat"), (int, float)) else None
+    if held is None:
+        fresh = heartbeat is not None and time.time() - heartbeat < STALE_S
+        held = state.get("state") == "training" and fresh
+    if held:
+        kind = "training"
+    elif state.get("state") in ("training", "interrupted"):
+        kind = "interrupted"
+    else:
+        kind = "idle"
+    return RunActivity(kind, here=owner.get("boot") == BOOT_ID, server_pid=owner.get("pid"), host=owner.get("host"),
+                       step=state.get("step"), steps=state.get("steps"), heartbeat=heartbeat,
+                       checkpoint_steps=checkpoint_steps(folder))
+
+
+class RunClaim:
+    """The trainer's exclusive hold on a run folder, with the heartbeat thread that keeps state.json
+    current and watches the server that started it.
+
+    ``server`` is the server (:func:`server_owner`) that asked for the training; when this process is
+    that server's child, the server's death (our parent pid changes) sets :attr:`orphaned`, which
+    the training loop treats as Stop; should the loop not get there, the process exits after
+    :data:`ORPHAN_GRACE_S`. Release with the run's final state: finished, stopped, interrupted, failed.
+    """
+
+    def __init__(self, folder: Path, server: dict | None, steps: int, step: int = 0, *, wait_s: float = 2.0) -> None:
+        self.folder, self.owner, self.steps, self.step = Path(folder), server or server_owner(), int(steps), int(step)
+        self.parent = self.owner.get("pid") if self.owner.get("pid") == os.getppid() else None
+        self.started = time.time()
+        self.orphaned_at: float | None = None
+        self._fd = self._lock(wait_s)
+        self._write_lock = threading.Lock()
+        self._done = threading.Event()
+        self._write("training")
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{self.folder.name}", daemon=True)
+        self._thread.start()
+
+    def _lock(self, wait_s: float) -> int | None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return None
+        fd = os.open(self.folder / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+        deadline = time.monotonic() + wait_s  # another server's probe holds a shared lock for a moment
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise RunBusy(run_activity(self.folder).busy_sentence()) from None
+            except OSError as error:
+                if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP):  # no locks on this file system
+                    os.close(fd)
+                    return None
+                os.close(fd)
+                raise
+
+    @property
+    def orphaned(self) -> bool:
+        """The server that started this trainer is gone."""
+        if self.orphaned_at is None and self.parent is not None and os.getppid() != self.parent:
+            self.orphaned_at = time.time()
+        return self.orphaned_at is not None
+
+    def _write(self, state: str) -> None:
+        now = time.time()
+        write_json_atomic(self.folder / STATE_FILE, {
+            "state": state, "owner": self.owner, "trainer_pid": os.getpid(), "step": self.step,
+            "steps": self.steps, "started": self.started, "heartbeat": now,
+            "heartbeat_text": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))})
+
+    def _beat(self) -> None:
+        while not self._done.wait(HEARTBEAT_S):
+            with self._write_lock:
+                if self._done.is_set():
+                    return
+                self._write("training")
+            if self.orphaned and time.time() - self.orphaned_at > ORPHAN_GRACE_S:
+                with self._write_lock:
+                    self._write("interrupted")
+                os._exit(3)  # the loop never reached a step boundary; the kernel drops the lock
+
+    def release(self, state: str) -> None:
+        """Write the final state, stop the heartbeat and drop the lock (the lock last: until then we own it)."""
+        self._done.set()
+        with self._write_lock:
+            self._write(state)
+        self._thread.join(timeout=HEARTBEAT_S + 1)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 # -- the loop -------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -86,7 +299,7 @@ class RunOutcome:
 def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps: int, *, resume: bool = False,
               sample_every: int = 200, checkpoint_every: int = 200, distributed: bool = False,
               device: str | None = None, progress: Progress | None = None,
-              weights=None) -> RunOutcome:
+              weights=None, server: dict | None = None) -> RunOutcome:
     """Train until ``steps`` steps in total, writing the run folder (see the module docstring).
 
     ``config`` may be None with ``resume``: the run's own config is used. A ``progress`` callback
@@ -94,9 +307,10 @@ def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps
     so it can be resumed. Top-level and picklable, so a page can run it in its own process.
     ``weights`` (a :class:`~.losses.PatternLossWeights`), on resume: continue with other loss weights
     (a schedule); the checkpoint and config.json record the weights in force from then on.
+    ``server`` (:func:`server_owner`): the server that asked for the run, recorded in state.json;
+    when this process is its child, its death stops the run after a checkpoint (:class:`RunClaim`).
+    Raises :class:`RunBusy` when another process trains the folder.
     """
-    from .. import models
-
     out = Path(out)
     checkpoint = out / "checkpoint.pt"
     if resume:
@@ -109,6 +323,25 @@ def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps
         config = saved if weights is None else replace(saved, weights=weights)
     elif config is None:
         raise ConfigError("A new run needs its settings.")
+    # every rank of a distributed run trains the folder; the lead (RANK 0) claims it for all of them
+    claim = RunClaim(out, server, steps, checkpoint_steps(out) or 0) if int(os.environ.get("RANK", "0")) == 0 else None
+    final = "failed"
+    try:
+        outcome = _train_claimed(out, checkpoint, config, steps, resume, sample_every, checkpoint_every, distributed,
+                                 device, progress, claim)
+        final = "interrupted" if claim is not None and claim.orphaned else "stopped" if outcome.stopped else "finished"
+        return outcome
+    finally:
+        if claim is not None:
+            claim.release(final)
+
+
+def _train_claimed(out: Path, checkpoint: Path, config: training.TrainConfig, steps: int, resume: bool,
+                   sample_every: int, checkpoint_every: int, distributed: bool, device: str | None,
+                   progress: Progress | None, claim: RunClaim | None) -> RunOutcome:
+    """:func:`train_run`'s loop, once the folder is ours."""
+    from .. import models
+
     handle = models.load_model(config.model, device=device)
     trainer = training.Trainer(handle, config, distributed=distributed, warm=not resume)
     if resume:
@@ -142,6 +375,9 @@ def train_run(out: str | os.PathLike, config: training.TrainConfig | None, steps
                 keep_going = progress((step - start) / (steps - start),
                                       f"step {step} of {steps}: total {losses['total']:.2f}, "
                                       f"p(target) {losses['target_prob']:.3f}")
+            if claim is not None:
+                claim.step = step
+                keep_going = keep_going and not claim.orphaned  # the server is gone: checkpoint and stop
             if not keep_going and not last:
                 stopped = True
                 if lead:
@@ -283,6 +519,6 @@ def list_runs(root: Path | None = None) -> list[Path]:
                   key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-__all__ = ["MIN_SUBSTRATES", "RunOutcome", "RunView", "list_runs", "load_substrate_folder",
-           "read_log", "runs_root", "safe_run_name", "save_uploads", "train_run",
-           "view_run"]
+__all__ = ["MIN_SUBSTRATES", "RunActivity", "RunBusy", "RunClaim", "RunOutcome", "RunView", "list_runs",
+           "load_substrate_folder", "read_log", "read_state", "run_activity", "runs_root", "safe_run_name",
+           "save_uploads", "server_owner", "train_run", "view_run"]
