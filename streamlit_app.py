@@ -111,7 +111,7 @@ class Selection:
             derivation, data = chain.load(self.origin.parent)
         except GlassboxError:
             return None
-        return derivation.name, data, derivation.digest
+        return self.origin.parent_name or _link_name(derivation), data, derivation.digest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +455,8 @@ def _sidebar_chain(origin: chain.Derivation) -> None:
         st.caption(f"{made} by {origin.operation or 'a page'}")
         st.button("Back to the sample", on_click=_use_sample, key="back_to_sample")
         return
-    parent_name = _link_name(links[-2]) if len(links) >= 2 else "an image that is no longer stored"
+    parent_name = (origin.parent_name or _link_name(links[-2]) if len(links) >= 2
+                   else "an image that is no longer stored")
     st.caption(f"{made} by {origin.operation or 'a page'} from **{parent_name}**")
     st.button("Back to the original", on_click=_back_to_original, args=(links[0].digest if links else None,),
               key="back_to_original", help="The first image of this chain (the sample or upload it started from).")
@@ -514,7 +515,8 @@ def use_image(name: str, data: bytes, *, operation: str | None = None, settings:
             parent = _store_current(selection) if selection is not None and from_current else None
             derivation = chain.store(data, name=name, parent=parent.digest if parent else None,
                                      page=getattr(_current, "page_title", None), operation=operation,
-                                     settings=settings, model=selection.model_name if selection else None)
+                                     settings=settings, model=selection.model_name if selection else None,
+                                     parent_name=selection.image_name if parent else None)
         except ImageError as error:
             st.error(f"This result cannot be used as the image: {error}")
             return
@@ -532,7 +534,7 @@ def _store_current(selection: Selection) -> chain.Derivation:
         try:
             return chain.store(selection.image_bytes, name=selection.image_name, parent=origin.parent,
                                page=origin.page, operation=origin.operation, settings=origin.settings,
-                               model=origin.model)
+                               model=origin.model, parent_name=origin.parent_name)
         except chain.ChainError:  # its own parent is gone too: it becomes a root
             pass
     return chain.store(selection.image_bytes, name=selection.image_name)

@@ -64,6 +64,8 @@ class Derivation:
 
     ``parent`` is the digest of the image it was made from (None for a root: a sample, an upload);
     ``page``, ``operation``, ``settings`` and ``model`` say what made it; ``created`` is UTC ISO time.
+    ``parent_name`` is the parent's name as the maker saw it: the store keeps one name per bytes (the
+    first it saw), which may be another session's name for the same photo.
     """
 
     digest: str
@@ -74,6 +76,7 @@ class Derivation:
     settings: dict
     model: str | None
     created: str
+    parent_name: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +89,8 @@ def store_dir() -> Path:
 
 
 def store(data: bytes, *, name: str, parent: str | None = None, page: str | None = None,
-          operation: str | None = None, settings: dict | None = None, model: str | None = None) -> Derivation:
+          operation: str | None = None, settings: dict | None = None, model: str | None = None,
+          parent_name: str | None = None) -> Derivation:
     """Keep ``data`` (an encoded image) by its digest and return its manifest.
 
     The bytes must decode as an upload would (:func:`engine.images.decode_image`, which also refuses
@@ -102,14 +106,15 @@ def store(data: bytes, *, name: str, parent: str | None = None, page: str | None
     decode_image(data)
     digest = image_digest(data)
     derivation = Derivation(digest, _clean_name(name), parent, _optional_text(page), _optional_text(operation),
-                            _plain_settings(settings), _optional_text(model), _now())
+                            _plain_settings(settings), _optional_text(model), _now(),
+                            _clean_name(parent_name) if parent and parent_name else None)
     with _lock:
         if parent is not None:
             if not isinstance(parent, str) or not _DIGEST.fullmatch(parent) or not _manifest_path(parent).exists():
                 raise ChainError("The image this one was made from is not stored any more, so its origin cannot "
                                  "be recorded; use the original image again and repeat the step.")
             if parent == digest or digest in {link.digest for link in lineage(parent)}:
-                derivation = Derivation(**{**derivation.as_dict(), "parent": None})
+                derivation = Derivation(**{**derivation.as_dict(), "parent": None, "parent_name": None})
         kept = _put(derivation, data)
         _evict(protect={link.digest for link in lineage(digest)})
     return kept
@@ -302,12 +307,13 @@ def _derivation_from(record: Any, where: str) -> Derivation:
     bad = ChainError(f"{where} is not a Glassbox image manifest.")
     if not isinstance(record, dict) or record.get("glassbox") != MANIFEST_KIND:
         raise bad
-    fields = Derivation.__dataclass_fields__
+    fields = [name for name in Derivation.__dataclass_fields__ if name != "parent_name"]
     try:
         values = {name: record[name] for name in fields}
     except KeyError:
         raise bad from None
-    optional = ("parent", "page", "operation", "model")
+    values["parent_name"] = record.get("parent_name")  # absent from the first manifests
+    optional = ("parent", "page", "operation", "model", "parent_name")
     if not (isinstance(values["digest"], str) and _DIGEST.fullmatch(values["digest"])
             and isinstance(values["name"], str) and isinstance(values["created"], str)
             and isinstance(values["settings"], dict)

@@ -30,12 +30,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(timeout: float = 90.0):
-    """Start the app on a free localhost port; yield its base URL; stop it afterwards."""
+def app_process(*, env: dict | None = None, log_name: str = "streamlit-server", timeout: float = 90.0):
+    """`streamlit run` on a free localhost port, as the README starts it, with ``env`` added (for example
+    another GLASSBOX_CACHE); yields (base URL, process) so a test can also kill it; stops it afterwards."""
     port = free_port()
     SHOTS.mkdir(parents=True, exist_ok=True)
-    log = open(SHOTS.parent / "streamlit-server.log", "w")
-    env = {**os.environ, "GLASSBOX_DEVICE": "cpu", "MALLOC_ARENA_MAX": "1"}  # as the README starts it
+    log = open(SHOTS.parent / f"{log_name}.log", "w")
+    env = {**os.environ, "GLASSBOX_DEVICE": "cpu", "MALLOC_ARENA_MAX": "1", **(env or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -51,16 +52,25 @@ def streamlit_server(timeout: float = 90.0):
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start (exit code {process.poll()})")
+                raise RuntimeError(f"streamlit did not start (exit code {process.poll()}); see {log.name}")
             time.sleep(0.3)
-        yield url
+        yield url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def streamlit_server(timeout: float = 90.0):
+    """Start the app on a free localhost port; yield its base URL; stop it afterwards."""
+    with app_process(timeout=timeout) as (url, _process):
+        yield url
 
 
 @contextlib.contextmanager

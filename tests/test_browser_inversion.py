@@ -25,6 +25,12 @@ def test_hole_filling_preset_runs_and_a_dog_row_says_why_it_runs_on_the_cat():
         wait_for_app(page, "Change this image into a:")
         open_presets(page)
         page.get_by_role("button", name="Hole-filling with tiger label", exact=True).click()
+        try:
+            page.get_by_text("Fill the hole so the model sees a:").first.wait_for(timeout=20_000)
+        except Exception:  # once in a clean-clone CI run the click was lost (not seen again in 8 runs alone)
+            screenshot(page, "inversion-hole-preset-click-lost")
+            open_presets(page)
+            page.get_by_role("button", name="Hole-filling with tiger label", exact=True).click()
         wait_for_app(page, "Fill the hole so the model sees a:")
         assert "mode=hole" in page.url and "preset=hole-tiger" in page.url
         page.get_by_text("the hole, erased:").first.wait_for()

@@ -94,3 +94,21 @@ def test_an_upload_is_kept_by_hash_and_an_unknown_hash_gives_a_notice():
     unknown = open_app(image="h-" + "0123456789abcdef")
     assert shown(unknown)[0] == images.image_digest(images.sample_bytes("chelsea"))
     assert any("kept by its hash" in notice.value for notice in unknown.info)
+
+
+def test_the_parent_keeps_the_name_its_maker_saw(tmp_path, monkeypatch):
+    """The store keeps one name per bytes (the first it saw): another session's upload of the same photo
+    under another name must not rename this session's original, in the caption or in the comparison."""
+    monkeypatch.setenv("GLASSBOX_CACHE", str(tmp_path / "fresh"))
+    upload = open_app()
+    uploader(upload).set_value(("someone's photo.png", images.sample_bytes("astronaut"), "image/png")).run()
+    assert chain.find(images.image_digest(images.sample_bytes("astronaut"))).name == "someone's photo.png"
+    at = open_app(image="astronaut")
+    at.button(key="invert").click().run()
+    assert not at.exception, at.exception
+    assert shown(at)[1] == "astronaut"
+    assert "from **astronaut**" in origin_caption(at)
+    derivation = chain.find(shown(at)[0])
+    assert derivation.parent_name == "astronaut"
+    again = chain.import_zip(chain.export_zip(derivation.digest))  # the ZIP carries it too
+    assert again.parent_name == "astronaut"

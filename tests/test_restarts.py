@@ -12,14 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from engine import models
 from engine.patterns import runs, training
-from tests.browser import SHOTS, chromium_page, click_and_wait, free_port, screenshot, wait_for_app
+from tests.browser import app_process, chromium_page, click_and_wait, screenshot, wait_for_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,40 +157,10 @@ def test_a_trainer_stops_after_a_checkpoint_when_its_server_is_killed(tmp_path):
 
 @contextlib.contextmanager
 def app_server(cache: Path, name: str, timeout: float = 120.0):
-    """`streamlit run` on a free port with its own GLASSBOX_CACHE; yields (url, process) so a test can
-    kill it (tests/browser.py's streamlit_server hides its process and shares the test's cache)."""
-    port = free_port()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    log = open(SHOTS.parent / f"streamlit-{name}.log", "w")
-    env = {**os.environ, "GLASSBOX_DEVICE": "cpu", "MALLOC_ARENA_MAX": "1", "GLASSBOX_CACHE": str(cache),
-           "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start (exit code {process.poll()}); see {log.name}")
-            time.sleep(0.3)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+    """`streamlit run` with its own GLASSBOX_CACHE; yields (url, process) so a test can kill it."""
+    with app_process(env={"GLASSBOX_CACHE": str(cache), "OMP_NUM_THREADS": "1"}, log_name=f"streamlit-{name}",
+                     timeout=timeout) as started:
+        yield started
 
 
 def start_run_in_page(page, url: str, name: str, steps: int = 2000) -> None:
