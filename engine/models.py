@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -125,14 +126,19 @@ class ModelLock:
     wait behind many steps of someone else's scan. Here a caller outside a job thread (a page's
     script thread: :func:`engine.jobs.in_job_thread` is False) that is waiting makes every job
     thread's next acquisition wait until it has had its turn. Interactive calls are short, so a job
-    is delayed by at most their length; a job never waits for another job longer than before.
+    is delayed by at most their length; a job never waits for another job longer than before. So
+    that a stream of interactive callers (a class of students clicking) cannot starve a job, a job
+    that has waited ``max_defer_s`` takes its turn at the next release, beside them.
     """
+
+    max_defer_s = 2.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
         self._urgent = 0  # interactive callers waiting now
+        self._overdue = 0  # job callers that have waited max_defer_s: interactive callers let them go first
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         me = threading.get_ident()
@@ -140,24 +146,54 @@ class ModelLock:
             if self._owner == me:
                 self._depth += 1
                 return True
-            urgent = not in_job_thread()
-            if urgent:
-                ready = lambda: self._owner is None  # noqa: E731
+            if not in_job_thread():
+                got = self._acquire_interactive(blocking, timeout)
             else:
-                ready = lambda: self._owner is None and self._urgent == 0  # noqa: E731
-            if not blocking:
-                got = ready()
-            else:
-                self._urgent += urgent
-                try:
-                    got = self._cond.wait_for(ready, None if timeout is None or timeout < 0 else timeout)
-                finally:
-                    self._urgent -= urgent
-                    if urgent and not got and self._urgent == 0:
-                        self._cond.notify_all()  # jobs held back by this caller may go now
+                got = self._acquire_job(blocking, timeout)
             if got:
                 self._owner, self._depth = me, 1
             return got
+
+    def _acquire_interactive(self, blocking: bool, timeout: float) -> bool:
+        ready = lambda: self._owner is None and self._overdue == 0  # noqa: E731
+        if not blocking:
+            return ready()
+        self._urgent += 1
+        try:
+            got = self._cond.wait_for(ready, None if timeout is None or timeout < 0 else timeout)
+        finally:
+            self._urgent -= 1
+        if not got and self._urgent == 0:
+            self._cond.notify_all()  # jobs held back by this caller may go now
+        return got
+
+    def _acquire_job(self, blocking: bool, timeout: float) -> bool:
+        """After ``max_defer_s`` the job is overdue: interactive callers then wait for it (a hand-over,
+        since a woken thread does not reliably beat a caller that loops straight back)."""
+        if not blocking:
+            return self._owner is None and self._urgent == 0
+        now = time.monotonic()
+        deadline, give_up = now + self.max_defer_s, None if timeout is None or timeout < 0 else now + timeout
+        overdue = got = False
+        try:
+            while True:
+                if self._owner is None and (self._urgent == 0 or overdue):
+                    got = True
+                    return True
+                now = time.monotonic()
+                if give_up is not None and now >= give_up:
+                    return False
+                if not overdue and now >= deadline:
+                    overdue = True
+                    self._overdue += 1
+                    continue
+                waits = [t - now for t in (give_up, None if overdue else deadline) if t is not None]
+                self._cond.wait(min(waits) if waits else None)
+        finally:
+            if overdue:
+                self._overdue -= 1
+                if not got:
+                    self._cond.notify_all()
 
     def release(self) -> None:
         with self._cond:

@@ -254,3 +254,36 @@ def test_two_browser_sessions_with_three_jobs_each_alternate():
         status = pool.find(f"fair-app|{run}|{name}")
         assert pool.wait(status.id, timeout=10).done
     assert work.order == ["A1", "B1", "A2", "B2", "A3", "B3"]
+
+
+def test_a_stream_of_interactive_calls_cannot_starve_a_job(monkeypatch):
+    """Three students clicking back to back always leave one interactive caller waiting; the job still
+    gets the lock once it has waited max_defer_s (with the plain "interactive first" rule it never would)."""
+    import time
+
+    import engine.models
+
+    monkeypatch.setattr(ModelLock, "max_defer_s", 0.2)
+    monkeypatch.setattr(engine.models, "in_job_thread", lambda: threading.current_thread().name == "job")
+    lock = ModelLock()
+    stop, job_got = threading.Event(), threading.Event()
+
+    def student() -> None:
+        while not stop.is_set():
+            with lock:
+                time.sleep(0.005)
+
+    students = [threading.Thread(target=student, name=f"script-{i}") for i in range(3)]
+    for thread in students:
+        thread.start()
+    try:
+        wait_until(lambda: lock.waiting_interactive() >= 1)
+        job = threading.Thread(target=lambda: (lock.acquire(), job_got.set(), lock.release()), name="job")
+        job.start()
+        got = job_got.wait(10)
+    finally:
+        stop.set()
+        for thread in students:
+            thread.join(5)
+    job.join(5)
+    assert got
