@@ -489,8 +489,9 @@ def _back_to_original(root_digest: str | None) -> None:
     except GlassboxError:
         _use_sample()
         return
-    if root.name in images.list_samples() and images.image_digest(images.sample_bytes(root.name)) == root.digest:
-        st.session_state["sample"] = root.name
+    sample = _sample_names_by_digest().get(root.digest)  # the store may know a sample under an upload's name
+    if sample is not None:
+        st.session_state["sample"] = sample
         _use_sample()
     else:
         _set_upload(root.name, data, root)

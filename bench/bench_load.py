@@ -190,13 +190,13 @@ PROBE_404 = re.compile(r"^http://127\.0\.0\.1:\d+/[^/?]+/_stcore/(health|host-co
 def benign_console_error(base: str, text: str, source: str) -> str | None:
     """Console errors that are not the app's: named (and counted in the report), or None for a real one.
 
-    * Off-host requests, which the context aborts: Streamlit draws the ``:material/...`` page icon
-      (the favicon) from fonts.gstatic.com, so every page load asks Google for it.
+    * Off-host requests, which the context aborts (a ``:material/...`` page icon is fetched from
+      fonts.gstatic.com; the app now ships its favicon, so none are expected).
     * Streamlit's own probe of ``/<page>/_stcore/health`` and ``host-config`` on a deep link: the
       frontend first tries the page's path as the base URL, gets a 404, and falls back to the root.
     """
     if text.startswith("Failed to load resource") and source and OFF_HOST.match(source):
-        return "off-host request aborted (the material-icon favicon from fonts.gstatic.com)"
+        return f"off-host request aborted ({source[:80]})"
     if "404" in text and PROBE_404.match(source):
         return "Streamlit's deep-link probe of /<page>/_stcore/health|host-config (404, then the root)"
     return None

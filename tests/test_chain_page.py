@@ -112,3 +112,5 @@ def test_the_parent_keeps_the_name_its_maker_saw(tmp_path, monkeypatch):
     assert derivation.parent_name == "astronaut"
     again = chain.import_zip(chain.export_zip(derivation.digest))  # the ZIP carries it too
     assert again.parent_name == "astronaut"
+    at.sidebar.button(key="back_to_original").click().run()  # back to the sample, not to someone's upload
+    assert at.query_params["image"] in ("astronaut", ["astronaut"])
