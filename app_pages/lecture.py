@@ -179,12 +179,10 @@ def dissect_small(handle: models.ModelHandle, layer: str, count: int, progress=N
 def stored_dissection(handle: models.ModelHandle, layer: str, count: int) -> dissection.DissectionResult | None:
     """A finished dissection of the bundled set of ``count`` images at ``layer``, from the engine's disk cache,
     without drawing the set (its key is all the cache needs)."""
-    from engine.concepts.bundled import GENERATOR_VERSION
+    from engine.concepts.bundled import bundled_key
 
-    key = f"bundled-v{GENERATOR_VERSION}-n{count}-s{DISSECT_SIZE}-m{DISSECT_SIZE // 2}-seed0"
-    name = dissection.result_key(handle, layer, SimpleNamespace(key=key), dissection.DissectionConfig())
-    path = dissection.cache_dir() / f"{name}.npz"
-    return dissection.load_result(path) if path.is_file() else None
+    key = bundled_key(count, size=DISSECT_SIZE, mask_size=DISSECT_SIZE // 2)
+    return dissection.cached_result(handle, SimpleNamespace(key=key), layer)
 
 
 def render_dissection(selection: Selection, handle: models.ModelHandle, present: bool) -> None:

@@ -551,3 +551,11 @@ def test_large_images_use_smaller_shards(tmp_path):
     large = store.ShardStore(tmp_path, length=100, seed=0, size=512, mask_size=256)
     assert large.per_shard * 512 * 512 * 3 <= concepts.SHARD_BYTES and large.shard_count() == 2
     assert store.ShardStore(tmp_path, length=100, seed=0, size=224, mask_size=112).per_shard == 256
+
+
+def test_the_bundled_key_is_the_sets_own_key_without_drawing_it(tmp_path):
+    from engine.concepts.bundled import bundled_key
+
+    drawn = concepts.bundled_concepts(3, size=64, mask_size=32, seed=5, cache_dir=tmp_path)
+    assert bundled_key(3, size=64, mask_size=32, seed=5) == drawn.key
+    assert bundled_key(4, size=64, mask_size=32, seed=5) != drawn.key

@@ -12,6 +12,11 @@ from .painter import GENERATOR_VERSION, concept_list
 from .store import ShardStore
 
 
+def bundled_key(n: int = 2000, *, size: int = 224, mask_size: int = 112, seed: int = 0) -> str:
+    """The bundled set's cache key (what a dissection result is stored under), without drawing it."""
+    return f"bundled-v{GENERATOR_VERSION}-n{int(n)}-s{int(size)}-m{int(mask_size)}-seed{int(seed)}"
+
+
 def bundled_concepts(n: int = 2000, *, size: int = 224, mask_size: int = 112, seed: int = 0,
                      cache_dir: str | Path | None = None, progress: Progress | None = None
                      ) -> ConceptSet:
@@ -28,7 +33,7 @@ def bundled_concepts(n: int = 2000, *, size: int = 224, mask_size: int = 112, se
     store = ShardStore(root / folder, length=n, seed=seed, size=size, mask_size=mask_size)
     store.ensure_all(progress)
     return ConceptSet(name=f"bundled ({n} images, {size} px)",
-                      key=f"bundled-v{GENERATOR_VERSION}-n{n}-s{size}-m{mask_size}-seed{seed}",
+                      key=bundled_key(n, size=size, mask_size=mask_size, seed=seed),
                       concepts=concept_list(), image_size=size, mask_size=mask_size,
                       length=n, read=store.sample)
 
